@@ -1,0 +1,79 @@
+"""Reading GPEN's hyperparameters from a state dict (key names and tensor shapes only, never file names)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import UnsupportedCheckpointError
+
+if TYPE_CHECKING:
+    from .model import GPEN
+
+# Keys every GPEN FullGenerator state dict has; their absence means "not GPEN" rather than "damaged GPEN".
+SIGNATURE_KEYS = ("generator.style.1.weight", "generator.input.input", "ecd0.0.0.weight", "final_linear.0.weight")
+WHERE_TO_GET = "Expected a GPEN-BFR-*.pth (or .onnx) in ComfyUI/models/facerestore_models"
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, float | int]:
+    """GPEN constructor keywords (`size`, `style_dim`, `n_mlp`, `channel_multiplier`, `narrow`) for `state_dict`."""
+    missing = [key for key in SIGNATURE_KEYS if key not in state_dict]
+    if missing:
+        found = ", ".join(list(state_dict)[:5]) or "no keys at all"
+        raise UnsupportedCheckpointError(
+            f"Not a GPEN checkpoint: no {', '.join(f'`{k}`' for k in missing)} (found {found}, ...). {WHERE_TO_GET}."
+        )
+    encoder_depth = len({m.group(1) for key in state_dict if (m := re.match(r"ecd(\d+)\.", key))})
+    size = 2 ** (encoder_depth + 1)  # the encoder goes from S down to 4x4 in log2(S) - 1 stages
+    n_mlp = len({m.group(1) for key in state_dict if (m := re.match(r"generator\.style\.(\d+)\.weight$", key))})
+    style_dim = state_dict["generator.style.1.weight"].shape[0]
+    # channels[4] = int(512 * narrow); published narrows are 1 and 0.5, so this is exact.
+    narrow = state_dict["generator.input.input"].shape[1] / 512
+    # channels[S] = int(2**(14 - log2 S) * channel_multiplier * narrow) for S >= 64; below 64 the multiplier
+    # affects no layer and cannot be deduced, so upstream's default 2 stands.
+    channel_multiplier: float = 2
+    if size >= 64:
+        channels_at_size = state_dict["ecd0.0.0.weight"].shape[0]
+        channel_multiplier = channels_at_size / (2 ** (14 - int(math.log2(size))) * narrow)
+    config = {
+        "size": size,
+        "style_dim": style_dim,
+        "n_mlp": n_mlp,
+        "channel_multiplier": _tidy(channel_multiplier),
+        "narrow": _tidy(narrow),
+    }
+    if not 8 <= size <= 2048:
+        raise UnsupportedCheckpointError(
+            f"GPEN checkpoint with {encoder_depth} encoder stages (size {size}) is outside the supported 8..2048. "
+            f"{WHERE_TO_GET}."
+        )
+    return config
+
+
+def check_state_dict(model: GPEN, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise `UnsupportedCheckpointError` listing every key that is missing, extra, or of another shape."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    extra = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k} {list(state_dict[k].shape)} (expected {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or extra or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
+            if items:
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}")
+        raise UnsupportedCheckpointError(
+            f"Checkpoint does not match GPEN({model.extra_repr()}): {'; '.join(parts)}. "
+            f"The file is damaged or from another GPEN variant (FullGenerator_SR, a discriminator). {WHERE_TO_GET}."
+        )
+
+
+def _tidy(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value

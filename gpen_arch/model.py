@@ -1,0 +1,140 @@
+"""GPEN (GAN Prior Embedded Network, Yang et al., CVPR 2021), written here for inference.
+
+A convolutional encoder reduces the face to 4x4 and a latent code; a StyleGAN2 decoder regenerates it, taking
+the encoder feature of each resolution as its "noise" (concatenated channels). The state dict matches upstream's
+`FullGenerator` key for key, so published GPEN-BFR checkpoints load strictly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .layers import ConstantInput, EncoderBlock, EqualLinear, PixelNorm, StyledConv, ToRGB
+
+SIZES = (64, 128, 256, 512, 1024, 2048)  # every resolution the channel table below covers from 4x4 up
+
+
+def channel_table(channel_multiplier: float, narrow: float) -> dict[int, int]:
+    """Channels per resolution, exactly as upstream's `FullGenerator` computes them (int() truncation included)."""
+    base = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16, 2048: 8}
+    return {
+        res: int(c * narrow) if res <= 32 else int(c * channel_multiplier * narrow) for res, c in base.items()
+    }
+
+
+class StyleDecoder(nn.Module):
+    """Upstream's `Generator`: mapping network, 4x4 constant, and two styled convs plus a ToRGB per resolution."""
+
+    def __init__(self, *, size: int, style_dim: int, n_mlp: int, channels: Mapping[int, int]) -> None:
+        super().__init__()
+        # Index 0 is the parameter-free PixelNorm, so the MLP's keys start at `style.1` as upstream's do.
+        self.style = nn.Sequential(
+            PixelNorm(), *(EqualLinear(style_dim, style_dim, lr_mul=0.01, activate=True) for _ in range(n_mlp))
+        )
+        self.input = ConstantInput(channels[4])
+        self.conv1 = StyledConv(channels[4], channels[4], style_dim)
+        self.to_rgb1 = ToRGB(2 * channels[4], style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_c = channels[4]
+        for log_res in range(3, int(math.log2(size)) + 1):
+            out_c = channels[2**log_res]
+            # Inputs are doubled by the concatenated encoder feature of the previous layer.
+            self.convs.append(StyledConv(2 * in_c, out_c, style_dim, upsample=True))
+            self.convs.append(StyledConv(2 * out_c, out_c, style_dim))
+            self.to_rgbs.append(ToRGB(2 * out_c, style_dim))
+            in_c = out_c
+
+    def forward(self, latent: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """`latent` [B, style_dim]; `features` the encoder outputs from 4x4 upwards, consumed (emptied) as used."""
+        style = self.style(latent)
+        x = self.input(latent.shape[0], features[0].dtype)
+        x = self.conv1(x, style, features.pop(0))
+        skip = self.to_rgb1(x, style)
+        for up_conv, conv, to_rgb in zip(self.convs[::2], self.convs[1::2], self.to_rgbs):
+            # Popping drops our reference, so each encoder feature is freed once its resolution is done.
+            feature = features.pop(0)
+            x = up_conv(x, style, feature)
+            x = conv(x, style, feature)
+            del feature
+            skip = to_rgb(x, style, skip)
+        return skip
+
+
+class GPEN(nn.Module):
+    """GPEN face restorer. `forward(x)`: `[B, 3, S, S]` RGB in [-1, 1] -> `[B, 3, S, S]` RGB, about [-1, 1].
+
+    The upstream `FullGenerator(size, style_dim, n_mlp, channel_multiplier, narrow=narrow)`; GPEN-BFR-2048 is
+    `GPEN(size=2048)`. Deterministic (no random noise). Runs in whatever device and dtype the module is moved to.
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        style_dim: int = 512,
+        n_mlp: int = 8,
+        channel_multiplier: float = 2,
+        narrow: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if size < 8 or size & (size - 1) or size > max(SIZES):
+            raise ValueError(f"GPEN size must be a power of two from 8 to {max(SIZES)}, got {size}")
+        self.size = size
+        self.style_dim = style_dim
+        self.n_mlp = n_mlp
+        self.channel_multiplier = channel_multiplier
+        self.narrow = narrow
+        channels = channel_table(channel_multiplier, narrow)
+        log_size = int(math.log2(size))
+
+        self.generator = StyleDecoder(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+        # Encoder stages are attributes ecd0..ecd{log_size-2}, each wrapped in a Sequential as upstream's are.
+        self.ecd0 = nn.Sequential(EncoderBlock(3, channels[size], downsample=False))
+        for index, log_res in enumerate(range(log_size, 2, -1), start=1):
+            stage = EncoderBlock(channels[2**log_res], channels[2 ** (log_res - 1)], downsample=True)
+            setattr(self, f"ecd{index}", nn.Sequential(stage))
+        self.encoder_depth = log_size - 1
+        self.final_linear = nn.Sequential(EqualLinear(channels[4] * 4 * 4, style_dim, activate=True))
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> GPEN:
+        """Build the GPEN that `state_dict` describes (hyperparameters read from its keys and shapes) and load it
+        strictly. Raises `UnsupportedCheckpointError` when it is not a GPEN state dict."""
+        from .config import infer_config  # config imports this module
+
+        model = cls(**infer_config(state_dict))
+        model.load_strict(state_dict)
+        return model
+
+    def load_strict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """`load_state_dict(strict=True)`, with mismatches reported as `UnsupportedCheckpointError`."""
+        from .config import check_state_dict
+
+        check_state_dict(self, state_dict)
+        self.load_state_dict(state_dict, strict=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.size or x.shape[3] != self.size:
+            raise ValueError(
+                f"GPEN-{self.size} expects a [B, 3, {self.size}, {self.size}] tensor, got {list(x.shape)}; "
+                f"resize the face crops to {self.size}x{self.size} first"
+            )
+        features = []
+        for index in range(self.encoder_depth):
+            x = getattr(self, f"ecd{index}")(x)
+            features.append(x)
+        latent = self.final_linear(x.flatten(1))
+        features.reverse()
+        del x
+        return self.generator(latent, features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, style_dim={self.style_dim}, n_mlp={self.n_mlp}, "
+            f"channel_multiplier={self.channel_multiplier}, narrow={self.narrow}"
+        )
