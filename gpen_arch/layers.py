@@ -77,12 +77,20 @@ class Upsample(nn.Module):
 class EqualLinear(nn.Module):
     """Linear layer with equalised learning rate: weight scaled by `lr_mul / sqrt(in_dim)`, bias by `lr_mul`."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, lr_mul: float = 1.0, activate: bool = False) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, *, lr_mul: float = 1.0, activate: bool = False, bias_init: float = 0.0
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
         self.bias = nn.Parameter(torch.empty(out_dim))
         self.lr_mul = lr_mul
         self.activate = activate
+        self.bias_init = bias_init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=1.0 / self.lr_mul)
+        nn.init.constant_(self.bias, self.bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.lr_mul / math.sqrt(self.weight.shape[1])
@@ -106,6 +114,10 @@ class ConstantInput(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.input = nn.Parameter(torch.empty(1, channels, 4, 4))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.input)
 
     def forward(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
         return self.input.to(dtype).expand(batch, -1, -1, -1)
@@ -117,6 +129,10 @@ class BiasLeakyReLU(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.empty(channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return bias_leaky_relu_(x, self.bias)
@@ -130,6 +146,10 @@ class EqualConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.stride = stride
         self.padding = kernel_size // 2 if stride == 1 else 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fan_in = self.weight[0].numel()
@@ -175,9 +195,14 @@ class ModulatedConv2d(nn.Module):
             # Blur pads of upstream's up-convolution: p = (4 - 2) - (3 - 1) = 0 -> (1, 1); kernel x 2**2.
             self.blur = Blur(pad=(1, 1), factor=2)
         self.weight = nn.Parameter(torch.empty(1, out_channels, in_channels, kernel_size, kernel_size))
-        self.modulation = EqualLinear(style_dim, in_channels)
+        # bias_init 1: styles start as the identity modulation (upstream's init).
+        self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
         self.demodulate = demodulate
         self.upsample = upsample
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight)
 
     def modulated_weight(self, style: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-sample weights `[B*out, in, k, k]`, computed in fp32 for accuracy in half precision."""
@@ -213,6 +238,10 @@ class NoiseInjection(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
 
     def forward(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         return torch.cat((x, feature * self.weight.to(x.dtype)), dim=1)
@@ -240,6 +269,10 @@ class ToRGB(nn.Module):
             self.upsample = Upsample()
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.empty(1, 3, 1, 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         out = self.conv(x, style).add_(self.bias.to(x.dtype))

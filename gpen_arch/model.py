@@ -70,6 +70,8 @@ class GPEN(nn.Module):
 
     The upstream `FullGenerator(size, style_dim, n_mlp, channel_multiplier, narrow=narrow)`; GPEN-BFR-2048 is
     `GPEN(size=2048)`. Deterministic (no random noise). Runs in whatever device and dtype the module is moved to.
+    A new instance carries upstream's random initialisation (useful for tests); real weights come through
+    `from_state_dict` or `load_gpen`.
     """
 
     def __init__(
@@ -105,18 +107,14 @@ class GPEN(nn.Module):
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> GPEN:
         """Build the GPEN that `state_dict` describes (hyperparameters read from its keys and shapes) and load it
         strictly. Raises `UnsupportedCheckpointError` when it is not a GPEN state dict."""
-        from .config import infer_config  # config imports this module
+        from .config import check_state_dict, infer_config  # config imports this module
 
-        model = cls(**infer_config(state_dict))
-        model.load_strict(state_dict)
-        return model
-
-    def load_strict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """`load_state_dict(strict=True)`, with mismatches reported as `UnsupportedCheckpointError`."""
-        from .config import check_state_dict
-
-        check_state_dict(self, state_dict)
-        self.load_state_dict(state_dict, strict=True)
+        # Built without memory or random init, then the checkpoint's tensors are adopted as they are.
+        with torch.device("meta"):
+            model = cls(**infer_config(state_dict))
+        check_state_dict(model, state_dict)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.size or x.shape[3] != self.size:

@@ -1,0 +1,91 @@
+"""GPEN-BFR `.onnx` files (the ones ReActor and FaceFusion users have) behind GPEN's call contract."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import WHERE_TO_GET
+from .errors import MissingDependencyError, UnsupportedCheckpointError
+
+logger = logging.getLogger(__name__)
+
+VALID_SIZES = tuple(2**n for n in range(3, 12))  # 8 .. 2048, as GPEN itself
+
+
+class OnnxGPEN(nn.Module):
+    """Runs a GPEN `.onnx` graph with onnxruntime. `forward(x)`: `[B, 3, S, S]` RGB in [-1, 1], any batch size,
+    device and float dtype; the result comes back on `x`'s device and dtype.
+
+    The graph is checked once at construction (one input and one output of shape [N, 3, S, S]); sessions are
+    made once per device kind and reused, on CUDA when the input is there and onnxruntime can use it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._sessions: dict[str, object] = {}
+        session = self._session("cpu")
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        shapes = [list(node.shape) for node in (*inputs, *outputs)]
+        size = shapes[0][-1] if shapes and len(shapes[0]) == 4 else None
+        expected = [None, 3, size, size]
+        if (
+            len(inputs) != 1
+            or len(outputs) != 1
+            or size not in VALID_SIZES
+            or any(len(shape) != 4 or shape[1:] != expected[1:] for shape in shapes)
+        ):
+            found = ", ".join(f"{node.name} {list(node.shape)}" for node in (*inputs, *outputs))
+            raise UnsupportedCheckpointError(
+                f"{self.path.name}: expected a GPEN ONNX graph with one input and one output of shape "
+                f"[N, 3, S, S] (S a power of two up to 2048), found {found}. {WHERE_TO_GET}."
+            )
+        self.size = int(size)
+        self.input_name = inputs[0].name
+        # Graphs exported with a fixed batch of 1 (the published ones) are run one face at a time.
+        self.fixed_batch = shapes[0][0] if isinstance(shapes[0][0], int) else None
+
+    def _session(self, device_type: str):
+        if device_type not in self._sessions:
+            try:
+                import onnxruntime as ort
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    f"{self.path.name} is an ONNX model and needs onnxruntime: `pip install onnxruntime` "
+                    "(or onnxruntime-gpu for CUDA) in ComfyUI's Python environment, or use the .pth file instead."
+                ) from exc
+            providers = ["CPUExecutionProvider"]
+            if device_type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            try:
+                self._sessions[device_type] = ort.InferenceSession(str(self.path), providers=providers)
+            except Exception as exc:  # onnxruntime's error classes (InvalidProtobuf, Fail, ...) share no base
+                raise UnsupportedCheckpointError(
+                    f"onnxruntime cannot open {self.path.name} ({type(exc).__name__}: {str(exc)[:200]}): the file "
+                    f"is truncated or not an ONNX model. Download it again. {WHERE_TO_GET}."
+                ) from exc
+            logger.info("onnxruntime session for %s on %s", self.path.name, providers[0])
+        return self._sessions[device_type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.size, self.size):
+            raise ValueError(
+                f"GPEN-{self.size} (ONNX) expects a [B, 3, {self.size}, {self.size}] tensor, got {list(x.shape)}; "
+                f"resize the face crops to {self.size}x{self.size} first"
+            )
+        session = self._session(x.device.type)
+        batch = x.detach().to("cpu", torch.float32).numpy()
+        step = self.fixed_batch or len(batch)
+        outputs = [
+            session.run(None, {self.input_name: batch[start : start + step]})[0]
+            for start in range(0, len(batch), step)
+        ]
+        return torch.from_numpy(np.concatenate(outputs)).to(x.device, x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.path.name}, size={self.size}"

@@ -1,0 +1,231 @@
+"""`load_gpen`: every published configuration, every container, safetensors, ONNX, and refusals."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gpen_arch import GPEN, UnsupportedCheckpointError, load_gpen
+from gpen_arch.errors import MissingDependencyError
+
+CONFIG_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "narrow")
+# The published GPEN-BFR configurations (upstream's README and the fixture manifests).
+PUBLISHED = {
+    256: {"size": 256, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 1, "narrow": 0.5},
+    512: {"size": 512, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "narrow": 1},
+    1024: {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "narrow": 1},
+    2048: {"size": 2048, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2, "narrow": 1},
+}
+SMALL = {"size": 64, "style_dim": 32, "n_mlp": 2, "channel_multiplier": 1, "narrow": 0.0625}
+
+
+def randomised(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of `GPEN(**config)` with every parameter set to distinct random values (so a key that is
+    dropped or swapped on the way shows)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = GPEN(**config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1 + 0.5)
+    return model.state_dict()
+
+
+def assert_same_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    loaded = model.state_dict()
+    assert loaded.keys() == state_dict.keys()
+    for key, tensor in state_dict.items():
+        assert torch.equal(loaded[key], tensor), key
+
+
+@pytest.mark.parametrize(
+    "size", [256, 512, pytest.param(1024, marks=pytest.mark.slow), pytest.param(2048, marks=pytest.mark.slow)]
+)
+def test_published_configurations_round_trip(tmp_path, size):
+    state_dict = randomised(PUBLISHED[size], seed=size)
+    path = tmp_path / f"renamed_{size}.pth"  # a misleading name: the size must come from the weights
+    torch.save(state_dict, path)
+    model = load_gpen(path)
+    assert {key: getattr(model, key) for key in CONFIG_KEYS} == PUBLISHED[size]
+    assert_same_weights(model, state_dict)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {"g_ema": sd, "g": {k: v * 0 for k, v in sd.items()}, "d": {"x": torch.zeros(1)}},
+        lambda sd: {"params_ema": sd, "params": {k: v * 0 for k, v in sd.items()}},
+        lambda sd: {"params": sd},
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},
+        lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
+    ],
+    ids=["g_ema", "params_ema", "params", "state_dict", "module_prefix", "nested_module_prefix"],
+)
+def test_containers_are_unwrapped(tmp_path, wrap):
+    state_dict = randomised(SMALL)
+    torch.save(wrap(state_dict), tmp_path / "gpen.pt")
+    assert_same_weights(load_gpen(tmp_path / "gpen.pt"), state_dict)
+
+
+def test_safetensors_round_trip(tmp_path, fixtures_dir):
+    state_dict = torch.load(fixtures_dir / "gpen" / "case_128.pth", weights_only=True)
+    save_file(state_dict, tmp_path / "gpen.safetensors")
+    model = load_gpen(tmp_path / "gpen.safetensors")
+    io = torch.load(fixtures_dir / "gpen" / "case_128_io.pt", weights_only=True)
+    with torch.no_grad():
+        assert (model(io["input"]) - io["output"]).abs().max().item() <= 1e-4
+
+
+def test_half_precision_checkpoint_loads(tmp_path):
+    state_dict = {k: v.half() for k, v in randomised(SMALL).items()}
+    torch.save(state_dict, tmp_path / "gpen_fp16.pth")
+    model = load_gpen(tmp_path / "gpen_fp16.pth")
+    assert next(model.parameters()).dtype == torch.float16
+    with torch.no_grad():
+        assert torch.isfinite(model.float()(torch.zeros(1, 3, 64, 64))).all()
+
+
+# --- ONNX ---------------------------------------------------------------------------------------------------
+
+
+def test_onnx_fixture_matches_upstream_for_any_batch(fixtures_dir):
+    io = torch.load(fixtures_dir / "gpen" / "case_64_io.pt", weights_only=True)
+    model = load_gpen(fixtures_dir / "gpen" / "case_64.onnx")
+    assert model.size == 64
+    out = model(io["input"])  # the graph has a fixed batch of 1; two faces must still work
+    assert out.shape == (2, 3, 64, 64) and out.dtype == torch.float32
+    assert (out - io["output"]).abs().max().item() <= 1e-4
+    half = model(io["input"].to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+
+
+def make_onnx(path, input_shape, output_shape) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "not_gpen",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)],
+    )
+    # IR version 10: what onnxruntime of the pinned test stack reads (the fixture's exporter wrote the same).
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "output_shape"),
+    [([1, 3, 64, 48], [1, 3, 64, 48]), ([1, 4, 64, 64], [1, 4, 64, 64]), ([1, 3, 100, 100], [1, 3, 100, 100])],
+)
+def test_onnx_graph_of_wrong_shape_is_refused(tmp_path, input_shape, output_shape):
+    make_onnx(tmp_path / "other.onnx", input_shape, output_shape)
+    with pytest.raises(UnsupportedCheckpointError, match=r"expected a GPEN ONNX graph.*\[N, 3, S, S\].*found"):
+        load_gpen(tmp_path / "other.onnx")
+
+
+def test_onnx_with_dynamic_batch_runs_whole_batches(tmp_path):
+    make_onnx(tmp_path / "identity.onnx", ["batch", 3, 32, 32], ["batch", 3, 32, 32])
+    model = load_gpen(tmp_path / "identity.onnx")
+    x = torch.rand(3, 3, 32, 32)
+    assert model.fixed_batch is None and torch.equal(model(x), x)
+
+
+def test_corrupt_onnx_is_refused(tmp_path, fixtures_dir):
+    data = (fixtures_dir / "gpen" / "case_64.onnx").read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(UnsupportedCheckpointError, match="truncated or not an ONNX model"):
+        load_gpen(tmp_path / "cut.onnx")
+
+
+def test_missing_onnxruntime_is_explained(monkeypatch, fixtures_dir):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
+        load_gpen(fixtures_dir / "gpen" / "case_64.onnx")
+
+
+# --- refusals -----------------------------------------------------------------------------------------------
+
+
+class CodePayload:
+    """Unpickling this would run `open(marker, "w")`: weights_only loading must refuse it before it runs."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_code_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    state_dict = randomised(SMALL)
+    with open(tmp_path / "evil.pth", "wb") as f:
+        torch.save({"state_dict": state_dict, "extra": CodePayload(str(marker))}, f)
+    with pytest.raises(UnsupportedCheckpointError, match="needs code to load, which is never run"):
+        load_gpen(tmp_path / "evil.pth")
+    assert not marker.exists()
+    # A plain pickle (not torch's format) with the same payload is refused too.
+    (tmp_path / "evil_plain.pth").write_bytes(pickle.dumps(CodePayload(str(marker))))
+    with pytest.raises(UnsupportedCheckpointError):
+        load_gpen(tmp_path / "evil_plain.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.99])
+def test_truncated_checkpoint_is_refused(tmp_path, fraction):
+    torch.save(randomised(SMALL), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(UnsupportedCheckpointError, match="truncated or corrupt"):
+        load_gpen(tmp_path / "cut.pth")
+
+
+def test_truncated_safetensors_is_refused(tmp_path):
+    save_file(randomised(SMALL), tmp_path / "full.safetensors")
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnsupportedCheckpointError, match="truncated or not safetensors"):
+        load_gpen(tmp_path / "cut.safetensors")
+
+
+def test_other_architecture_is_refused(tmp_path):
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 3, 3)).state_dict()
+    torch.save(other, tmp_path / "GPEN-BFR-512.pth")  # the name says GPEN; the keys do not
+    with pytest.raises(UnsupportedCheckpointError, match=r"Not a GPEN checkpoint: no `generator.style.1.weight`"):
+        load_gpen(tmp_path / "GPEN-BFR-512.pth")
+
+
+@pytest.mark.parametrize("damage", ["missing", "extra", "shape"])
+def test_damaged_gpen_state_dict_names_the_keys(tmp_path, damage):
+    state_dict = randomised(SMALL)
+    if damage == "missing":
+        del state_dict["generator.convs.1.conv.weight"]
+        expected = r"1 missing: generator.convs.1.conv.weight"
+    elif damage == "extra":
+        state_dict["generator.extra.weight"] = torch.zeros(1)
+        expected = r"1 unexpected: generator.extra.weight"
+    else:
+        state_dict["generator.to_rgb1.bias"] = torch.zeros(1, 4, 1, 1)
+        expected = r"1 wrong shape: generator.to_rgb1.bias \[1, 4, 1, 1\] \(expected \[1, 3, 1, 1\]\)"
+    torch.save(state_dict, tmp_path / "damaged.pth")
+    with pytest.raises(UnsupportedCheckpointError, match=expected):
+        load_gpen(tmp_path / "damaged.pth")
+
+
+def test_not_a_state_dict_is_refused(tmp_path):
+    torch.save({"epoch": 3, "note": "hello"}, tmp_path / "other.pth")
+    with pytest.raises(UnsupportedCheckpointError, match="expected a GPEN state dict"):
+        load_gpen(tmp_path / "other.pth")
+
+
+def test_unknown_extension_and_missing_file(tmp_path):
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(UnsupportedCheckpointError, match="expected a .pth, .pt, .safetensors or .onnx"):
+        load_gpen(tmp_path / "model.gguf")
+    with pytest.raises(FileNotFoundError, match="facerestore_models"):
+        load_gpen(tmp_path / "absent.pth")
