@@ -202,7 +202,7 @@ def _load_retinaface(name: str, path: Path, device: torch.device) -> torch.nn.Mo
 
     with warnings.catch_warnings():
         # facexlib builds its ResNet-50 with torchvision's deprecated `pretrained=False` (no download happens).
-        warnings.filterwarnings("ignore", message=".*pretrained.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")
         net = RetinaFace(network_name=_RETINAFACE_NETWORKS[name], half=False, device=device)
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state_dict, dict) and "state_dict" in state_dict:
