@@ -199,7 +199,8 @@ def test_several_faces_each_order_and_index(detector, fixtures_dir):
 
 
 def _record(x: float, y: float, size: float, score: float) -> FaceRecord:
-    landmarks = [(x + size * u, y + size * v) for u, v in ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))]
+    layout = ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))
+    landmarks = [(x + size * u, y + size * v) for u, v in layout]
     return FaceRecord(0, (1000, 1000), (x, y, x + size, y + size), score, landmarks)
 
 
