@@ -49,8 +49,8 @@ Alignment (`face_utils.alignment`)
     similarity_transform(src_xy, dst_xy) -> 2x3: least-squares similarity (Umeyama).
     align_face(face, *, crop_size, template="gpen") -> FaceRecord with crop_size, template and
         affine_crop_from_image filled in.
-    warp_face(image, face, *, interpolation="lanczos", antialias=True, border="reflect") -> float32 [S, S, C]:
-        low-passed to the crop's resolution when the face is larger than the crop, Lanczos (or "cubic",
+    warp_face(image, face, *, interpolation="cubic", antialias=True, border="reflect") -> float32 [S, S, C]:
+        low-passed to the crop's resolution when the face is larger than the crop, bicubic (or "lanczos",
         "linear") otherwise; border "reflect", "replicate" or "constant" (black).
 
 Paste-back (`face_utils.paste`)

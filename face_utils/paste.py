@@ -233,12 +233,13 @@ def _region_mask(
     """The face mask [h, w] float32 over the canvas region, evaluated at each pixel's position in the crop."""
     height, width = region_hw
     side = crop.shape[0]
-    xs = np.arange(width, dtype=np.float64)[None, :]
-    ys = np.arange(height, dtype=np.float64)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
     # Crop pixel centres are at integer coordinates, so the crop spans -0.5 .. side - 0.5.
-    u = ((crop_from_region[0, 0] * xs + crop_from_region[0, 1] * ys + crop_from_region[0, 2]) + 0.5) / side
-    v = ((crop_from_region[1, 0] * xs + crop_from_region[1, 1] * ys + crop_from_region[1, 2]) + 0.5) / side
-    u, v = u.astype(np.float32), v.astype(np.float32)
+    (a, b, c), (d, e, f) = (crop_from_region / side).astype(np.float32)
+    shift = np.float32(0.5 / side)
+    u = (a * xs + (b * ys + (c + shift)))
+    v = (d * xs + (e * ys + (f + shift)))
     if settings.mask_shape != "parsing":
         return face_mask_uv(u, v, settings.mask_shape, settings.erosion, settings.feather)
     box = face_mask_uv(u, v, "box", settings.erosion, settings.feather)
