@@ -36,6 +36,9 @@ ELLIPSE_SEMI_AXES_UV = (0.44, 0.5)
 COLOR_CORRECTION_SIGMA = 0.06
 # The colour-correction field is smooth, so it is computed on a copy where the crop side spans this many pixels.
 COLOR_CORRECTION_GRID = 64
+# Colour correction measures contrast after a blur of this standard deviation (fraction of the crop side), so
+# that eyes, brows and shading count but the sharpness a restorer adds to a blurry face does not.
+COLOR_STATS_SIGMA = 0.03
 # Limits of the per-channel contrast gain colour correction may apply: wide enough for strong casts, narrow
 # enough that a flat restored face is not blown up to noise.
 COLOR_GAIN_RANGE = (0.5, 2.0)
@@ -272,11 +275,11 @@ def _warp_crop_to_region(
 def _colour_match(reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, crop_side_px: float) -> np.ndarray:
     """`restored` [h, w, C] with the low-frequency colour and tone of `reference` under `mask`.
 
-    Works on copies shrunk so the crop side spans COLOR_CORRECTION_GRID pixels, where the fine detail a restorer
-    adds has averaged out and only colour, shading and large structures remain. Two steps, per channel:
-    1. an affine match of the face's mean and spread (mask-weighted): out = a * restored + b, with
-       a = std(reference) / std(restored) limited to COLOR_GAIN_RANGE; this undoes a global cast, gain and offset
-       alike, and scales added detail only as much as the cast scaled everything;
+    Works on copies shrunk so the crop side spans COLOR_CORRECTION_GRID pixels. Two steps, per channel:
+    1. an affine match of the face's mean and spread (mask-weighted, measured after a blur of COLOR_STATS_SIGMA
+       so only structure that a blurry original and a sharp restoration share counts): out = a * restored + b,
+       a = std(reference) / std(restored) limited to COLOR_GAIN_RANGE; this undoes a global cast, gain and
+       offset alike, without flattening the detail the restorer added;
     2. a smooth additive field making the local mask-weighted means equal (normalised convolution, so pixels
        outside the face do not pull the colour), for casts that vary across the face.
     """
@@ -298,8 +301,13 @@ def _colour_match(reference: np.ndarray, restored: np.ndarray, mask: np.ndarray,
         variance = (((array - mean) ** 2) * weight).sum(axis=(0, 1)) / total
         return mean, np.sqrt(variance)
 
-    mean_reference, std_reference = mean_std(small_reference)
-    mean_restored, std_restored = mean_std(small_restored)
+    stats_sigma = max(COLOR_STATS_SIGMA * crop_side_px * (small_wh[0] / width), 0.5)
+
+    def structure(array: np.ndarray) -> np.ndarray:
+        return ensure_hwc(cv2.GaussianBlur(array, (0, 0), sigmaX=stats_sigma, borderType=cv2.BORDER_REPLICATE))
+
+    mean_reference, std_reference = mean_std(structure(small_reference))
+    mean_restored, std_restored = mean_std(structure(small_restored))
     gain = np.where(std_restored > 1e-4, std_reference / np.maximum(std_restored, 1e-4), 1.0)
     gain = np.clip(gain, *COLOR_GAIN_RANGE).astype(np.float32)
     offset = (mean_reference - gain * mean_restored).astype(np.float32)
