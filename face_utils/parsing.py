@@ -38,6 +38,11 @@ class FaceParser:
     def device(self) -> torch.device:
         return _first_tensor(self.net).device
 
+    def to(self, device: torch.device | str) -> FaceParser:
+        """Move to `device` (for offloading between runs); returns self."""
+        self.net.to(torch.device(device))
+        return self
+
     def face_mask(self, crop: np.ndarray, *, size: int | None = None) -> np.ndarray:
         """Soft face mask of an aligned crop.
 

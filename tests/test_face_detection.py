@@ -160,6 +160,10 @@ def test_resnet50_loads_checkpoints_saved_from_data_parallel(tmp_path):
     loaded = detector.net.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
     assert detector.device == torch.device("cpu")
+    # Moving it (as model offloading does) moves facexlib's own device and channel means too.
+    moved = detector.to("meta")
+    assert moved is detector and detector.device == torch.device("meta")
+    assert detector.net.device == torch.device("meta") and detector.net.mean_tensor.device == torch.device("meta")
 
 
 def test_several_faces_each_order_and_index(detector, fixtures_dir):

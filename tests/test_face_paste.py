@@ -36,11 +36,15 @@ def load_rgb(fixtures_dir: Path, name: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def detected(tmp_path_factory, fixtures_dir) -> dict[str, tuple[np.ndarray, FaceRecord]]:
-    """Each real photo with its one detected face."""
+def detector(tmp_path_factory, fixtures_dir):
     folder = tmp_path_factory.mktemp("facedetection")
     shutil.copy(fixtures_dir / "facedetection" / "detection_mobilenet0.25_Final.pth", folder)
-    detector = load_detector("retinaface_mobile0.25", folder)
+    return load_detector("retinaface_mobile0.25", folder)
+
+
+@pytest.fixture(scope="module")
+def detected(detector, fixtures_dir) -> dict[str, tuple[np.ndarray, FaceRecord]]:
+    """Each real photo with its one detected face."""
     result = {}
     for name in IMAGES:
         image = load_rgb(fixtures_dir, name)
@@ -104,6 +108,18 @@ def test_round_trip_onto_a_2x_canvas(detected, name):
     # The mask is the 1x mask scaled: same coverage fraction of the picture.
     _, mask_1x = paste_faces(image, [crop], [aligned], NO_COLOUR)
     assert (mask > 0.5).mean() == pytest.approx((mask_1x > 0.5).mean(), rel=0.02)
+
+
+@pytest.mark.parametrize("crop_size", [512, 2048])
+def test_round_trip_of_a_face_cut_by_the_border(detector, detected, crop_size):
+    image = np.ascontiguousarray(detected["grace_hopper.jpg"][0][:, 200:])  # the face's left side is cut off
+    (face,) = detector.detect(image)
+    aligned = align_face(face, crop_size=crop_size)
+    crop = warp_face(image, aligned)  # reflected beyond the border: no black frame for the restorer
+    result, mask = paste_faces(image, [crop], [aligned])
+    assert mask[:, 0].max() == pytest.approx(1.0)  # the face reaches the border ...
+    assert psnr_under_mask(result, image, mask) >= 40.0  # ... and comes back intact up to it
+    assert_untouched_outside(result, image, mask)
 
 
 def test_canvas_of_another_aspect_is_refused(detected):
