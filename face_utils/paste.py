@@ -64,7 +64,8 @@ class PasteSettings:
         strength: 1 pastes the restored face, 0 leaves the image unchanged; between, the restored face is blended
             with the original pixels (upstream GPEN uses 0.8 for its 2048 model).
         color_correction: match the low-frequency colour and tone of the restored face to the original under the
-            mask, which removes colour casts and the visible edge they make; detail is kept.
+            mask (a per-channel mean/contrast match over the face, then a smooth local mean match), which removes
+            colour casts and the visible edge they make; the detail the restorer added is kept.
         interpolation: resampler for the inverse warp: "cubic" (default), "lanczos" or "linear".
     """
 
