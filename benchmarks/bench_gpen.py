@@ -41,10 +41,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median is shown")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda")
     parser.add_argument("--upstream", type=Path, help="a checkout of yangxy/GPEN to compare with (fp32, batch 1)")
-    parser.add_argument("--onnx", action="store_true", help="also run onnxruntime on an export (fp32, batch 1)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also run onnxruntime on upstream's network exported to ONNX (needs --upstream "
+                             "and `pip install onnxscript`)")
     parser.add_argument("--compile", action="store_true", help="also run ours under torch.compile")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.onnx and not args.upstream:
+        parser.error("--onnx exports upstream's network: give --upstream PATH too")
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return
@@ -146,18 +150,12 @@ def build(job: dict, device, dtype):
     from gpen_arch import load_gpen
 
     if job["impl"] == "upstream":
-        sys.path.insert(0, str(Path(job["upstream"]) / "face_model"))
-        from gpen_model import FullGenerator  # upstream's module, from the user's checkout
-
-        model = FullGenerator(job["size"], 512, 8, CONFIGS[job["size"]]["channel_multiplier"],
-                              narrow=CONFIGS[job["size"]]["narrow"], device=device.type)
-        model.load_state_dict(torch.load(job["weights"], weights_only=True))
-        model = model.eval().to(device, dtype)
+        model = upstream_model(job).to(device, dtype)
         return lambda x: model(x)[0]
     if job["impl"] == "onnxruntime":
         path = Path(job["tmp"]) / f"gpen_{job['size']}.onnx"
         if not path.exists():
-            export_onnx(load_gpen(job["weights"]), path)
+            export_onnx(upstream_model(job), path)
         return load_gpen(path)
     model = load_gpen(job["weights"]).to(device, dtype)
     if job["impl"] == "ours+compile":
@@ -165,14 +163,36 @@ def build(job: dict, device, dtype):
     return model
 
 
-def export_onnx(model, path: Path) -> None:
+def upstream_model(job: dict):
+    """Upstream's `FullGenerator` from the user's checkout, with the benchmark's weights."""
     import torch
 
-    # The legacy TorchScript exporter: no extra packages needed. The graph keeps a fixed batch of 1, like the
-    # published GPEN .onnx files.
-    model.memory_format = torch.contiguous_format
-    torch.onnx.export(model, (torch.zeros(1, 3, model.size, model.size),), str(path), input_names=["input"],
-                      output_names=["output"], opset_version=17, dynamo=False)
+    sys.path.insert(0, str(Path(job["upstream"]) / "face_model"))
+    from gpen_model import FullGenerator
+
+    config = CONFIGS[job["size"]]
+    model = FullGenerator(job["size"], 512, 8, config["channel_multiplier"], narrow=config["narrow"], device="cpu")
+    model.load_state_dict(torch.load(job["weights"], weights_only=True))
+    return model.eval()
+
+
+def export_onnx(model, path: Path) -> None:
+    """Export upstream's network the way the published GPEN .onnx files are (fixed batch of 1)."""
+    import torch
+
+    class ImageOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x)[0]
+
+    size = 2**model.log_size
+    with torch.no_grad():  # torch's current exporter (needs `pip install onnxscript`), as the fixture's was made
+        program = torch.onnx.export(ImageOnly(), (torch.zeros(1, 3, size, size),), input_names=["input"],
+                                    output_names=["output"], opset_version=18, dynamo=True)
+    program.save(str(path))
 
 
 def synchronize(device) -> None:
