@@ -218,7 +218,8 @@ class ModulatedConv2d(nn.Module):
 
     def demodulation(self, scales: torch.Tensor) -> torch.Tensor:
         """`[B, out]` fp32: 1 / |modulated weight| for each output channel, as upstream's demodulation."""
-        weight_sq = self.weight[0].float().square().sum([2, 3])  # [out, in]
+        # |w|^2 per (out, in) pair; vector_norm reduces without materialising a squared copy of the weight.
+        weight_sq = torch.linalg.vector_norm(self.weight[0].float(), dim=(2, 3)).square()  # [out, in]
         return torch.rsqrt(scales.square() @ weight_sq.t() + 1e-8)
 
     def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
