@@ -1,0 +1,126 @@
+"""Face pipeline for GPEN: detection, alignment and a seam-free, colour-true paste-back.
+
+This package never imports ComfyUI. Importing it loads no model and downloads nothing; facexlib (and with it
+torchvision) is imported only when a RetinaFace detector or the face parser is loaded.
+
+Conventions
+    Images are numpy float32 arrays [H, W, C] with values in 0..1, RGB order, C = 1 (grey), 3 (RGB) or 4 (RGBA,
+    straight alpha; alpha is ignored by detection and kept by paste-back). Callers convert torch tensors at their
+    boundary (`tensor.cpu().numpy()`). Coordinates are (x, y) pixels with pixel centres at integer positions (the
+    convention of `cv2.warpAffine` and `cv2.resize`). BGR exists only inside the calls to facexlib and OpenCV's
+    detector.
+
+Records (`face_utils.records`)
+    FaceRecord(frame_index, image_size_hw, box_xyxy, score, landmarks_xy, crop_size=None, template=None,
+        affine_crop_from_image=None): frozen; landmarks in `LANDMARK_NAMES` order (left eye, right eye, nose, left
+        and right mouth corner, left/right as seen in the image). Methods: to_dict(), from_dict(d), to_json(),
+        from_json(s), with_frame(index); properties affine (2x3 float64, raises `FaceRecordError` if unaligned),
+        is_aligned, box_size.
+
+Weights (`face_utils.weights`)
+    resolve_weights(filename, model_dir, *, url, sha256, progress=None, timeout_s=60) -> Path: a file already in
+        model_dir is used as is (trusted: users may place other compatible training runs); a missing one is
+        downloaded to a temporary file in model_dir, checked against sha256 and only then renamed into place.
+        progress(bytes_done, bytes_total_or_None) is called per chunk. Raises WeightsUnavailableError (offline,
+        HTTP error; the message names the file, the address and the folder) or ChecksumError (a subclass; the
+        download is deleted).
+    KNOWN_WEIGHTS: key -> WeightsSpec(filename, url, sha256) for "retinaface_resnet50", "retinaface_mobile0.25",
+        "yunet" and "parsenet"; resolve_known_weights(key, model_dir, *, progress=None).
+
+Detection (`face_utils.detection`)
+    DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25", "yunet")
+    load_detector(name, model_dir, *, device="cpu", progress=None) -> FaceDetector: RetinaFace from facexlib
+        (weights loaded by us with weights_only=True and strict keys, so facexlib never downloads) on `device`;
+        YuNet through cv2.FaceDetectorYN on the CPU. Bad name -> ValueError listing DETECTORS.
+    FaceDetector.detect(image, *, frame_index=0, score_threshold=0.9, detection_size=1024, min_face_size=0)
+        -> list[FaceRecord], best score first, unaligned. detection_size is the long side of the downscaled copy
+        the network sees (0 = full resolution); coordinates are mapped back to `image`. No face -> [] and an
+        info log line.
+    ORDERS = ("largest", "left_to_right", "top_to_bottom", "best_score")
+    select_faces(faces, *, order="largest", index="all", max_faces=0) -> list[FaceRecord]: index is "all" (or
+        empty) or comma-separated positions in the chosen order ("0", "0, 2", "-1" = last); positions past the
+        faces found are ignored with a warning; a malformed spec raises ValueError showing the syntax.
+        parse_index_spec(index) -> list[int] | None.
+
+Alignment (`face_utils.alignment`)
+    TEMPLATES = ("gpen", "ffhq"): upstream GPEN's own five-point template (default) and the FFHQ-512 template
+        facexlib, ReActor and FaceFusion use, both scaled to the crop size.
+    reference_points(template, crop_size) -> float64 [5, 2].
+    similarity_transform(src_xy, dst_xy) -> 2x3: least-squares similarity (Umeyama).
+    align_face(face, *, crop_size, template="gpen") -> FaceRecord with crop_size, template and
+        affine_crop_from_image filled in.
+    warp_face(image, face, *, interpolation="lanczos", antialias=True, border="reflect") -> float32 [S, S, C]:
+        low-passed to the crop's resolution when the face is larger than the crop, Lanczos (or "cubic",
+        "linear") otherwise; border "reflect", "replicate" or "constant" (black).
+
+Paste-back (`face_utils.paste`)
+    MASK_SHAPES = ("ellipse", "box", "parsing")
+    PasteSettings(mask_shape="ellipse", erosion=0.04, feather=0.1, strength=1.0, color_correction=True,
+        interpolation="cubic"): erosion and feather are fractions of the crop side, i.e. of the face.
+    paste_faces(image, crops, faces, settings=PasteSettings(), *, parser=None) -> (image, mask [H, W]): image
+        may be the detection frame or any uniformly scaled copy (CanvasMismatchError otherwise); crops may have
+        any size and channel count; strength blends restored with original pixels; colour correction matches
+        the restored face's low-frequency colour to the original under the mask; later faces go over earlier
+        ones; mask is the union of the face masks (strength excluded). Outside the mask the result is
+        bit-identical to the input, and only the rectangle under each crop is computed.
+    face_mask_uv(u, v, shape, erosion, feather): the geometric masks in normalised crop coordinates.
+
+Face parsing (`face_utils.parsing`)
+    load_face_parser(model_dir, *, device="cpu", progress=None) -> FaceParser (facexlib's ParseNet,
+        parsing_parsenet.pth, resolved like detector weights).
+    FaceParser.face_mask(crop, *, size=None) -> float32 [S, S] in 0..1, the probability of the face classes
+        (`FACE_CLASSES`: skin, brows, eyes, glasses, ears, earrings, nose, mouth, lips, hair).
+
+Errors
+    ImageFormatError (bad image array), FaceRecordError, AlignmentError, CanvasMismatchError are ValueErrors;
+    WeightsUnavailableError and ChecksumError are RuntimeErrors.
+"""
+
+from __future__ import annotations
+
+from .alignment import TEMPLATES, AlignmentError, align_face, reference_points, similarity_transform, warp_face
+from .detection import DETECTORS, ORDERS, FaceDetector, load_detector, parse_index_spec, select_faces
+from .images import ImageFormatError
+from .parsing import FaceParser, load_face_parser
+from .paste import MASK_SHAPES, CanvasMismatchError, PasteSettings, face_mask_uv, paste_faces
+from .records import LANDMARK_NAMES, FaceRecord, FaceRecordError
+from .weights import (
+    KNOWN_WEIGHTS,
+    ChecksumError,
+    WeightsSpec,
+    WeightsUnavailableError,
+    resolve_known_weights,
+    resolve_weights,
+)
+
+__all__ = [
+    "DETECTORS",
+    "KNOWN_WEIGHTS",
+    "LANDMARK_NAMES",
+    "MASK_SHAPES",
+    "ORDERS",
+    "TEMPLATES",
+    "AlignmentError",
+    "CanvasMismatchError",
+    "ChecksumError",
+    "FaceDetector",
+    "FaceParser",
+    "FaceRecord",
+    "FaceRecordError",
+    "ImageFormatError",
+    "PasteSettings",
+    "WeightsSpec",
+    "WeightsUnavailableError",
+    "align_face",
+    "face_mask_uv",
+    "load_detector",
+    "load_face_parser",
+    "paste_faces",
+    "parse_index_spec",
+    "reference_points",
+    "resolve_known_weights",
+    "resolve_weights",
+    "select_faces",
+    "similarity_transform",
+    "warp_face",
+]

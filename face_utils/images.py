@@ -1,0 +1,72 @@
+"""Image checks and channel conversions shared by detection, alignment and paste-back.
+
+Images are numpy float32 arrays [H, W, C] with values in 0..1, RGB channel order, C = 1 (grey), 3 (RGB) or
+4 (RGBA, straight alpha).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SUPPORTED_CHANNELS = (1, 3, 4)
+
+# ITU-R BT.601 luma weights: the grey conversion OpenCV and most image libraries use.
+LUMA_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class ImageFormatError(ValueError):
+    """An image does not have the expected layout, dtype or channel count."""
+
+
+def check_image(image: object, name: str = "image") -> np.ndarray:
+    """Validate `image` as float [H, W, C] with C in {1, 3, 4}; returns it as float32 (no copy if it already is)."""
+    if not isinstance(image, np.ndarray):
+        raise ImageFormatError(
+            f"{name} must be a numpy array [H, W, C] float32 in 0..1, got {type(image).__name__}; convert torch "
+            "tensors with .cpu().numpy()"
+        )
+    if image.ndim != 3 or image.shape[2] not in SUPPORTED_CHANNELS:
+        raise ImageFormatError(
+            f"{name} must have shape [H, W, C] with C in {SUPPORTED_CHANNELS}, got {tuple(image.shape)}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageFormatError(f"{name} is empty: shape {tuple(image.shape)}")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ImageFormatError(
+            f"{name} must be floating point with values in 0..1, got dtype {image.dtype}; for uint8 use "
+            "image.astype(np.float32) / 255"
+        )
+    return image.astype(np.float32, copy=False)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] view or copy of a checked image: grey is repeated, the alpha of RGBA is dropped."""
+    channels = image.shape[2]
+    if channels == 3:
+        return image
+    if channels == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
+
+
+def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Colour channels of `image` converted to `channels` (1 or 3): RGB to grey by BT.601 luma, grey to RGB by
+    repetition. Alpha is never produced here; callers keep their own."""
+    colour = image[:, :, :3] if image.shape[2] == 4 else image
+    if colour.shape[2] == channels:
+        return colour
+    if channels == 1:
+        return (colour @ LUMA_WEIGHTS_RGB)[:, :, None].astype(np.float32, copy=False)
+    if channels == 3:
+        return np.repeat(colour, 3, axis=2)
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def colour_channels(image: np.ndarray) -> int:
+    """Number of colour channels (alpha excluded): 1 or 3."""
+    return 1 if image.shape[2] == 1 else 3
+
+
+def ensure_hwc(array: np.ndarray) -> np.ndarray:
+    """OpenCV drops the channel axis of single-channel results; put it back."""
+    return array[:, :, None] if array.ndim == 2 else array

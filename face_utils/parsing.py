@@ -1,0 +1,90 @@
+"""Face-parsing masks from facexlib's ParseNet (`parsing_parsenet.pth`), for pasting back only the face itself."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .images import check_image, to_rgb
+from .weights import KNOWN_WEIGHTS, ProgressCallback, resolve_known_weights
+
+logger = logging.getLogger(__name__)
+
+# ParseNet works on 512x512 RGB crops in -1..1 and predicts 19 CelebAMask-HQ classes.
+PARSE_SIZE = 512
+PARSE_CLASSES = 19
+# Class order of facexlib's ParseNet: 0 background, 1 skin, 2 nose, 3 eyeglasses, 4 left eye, 5 right eye,
+# 6 left brow, 7 right brow, 8 left ear, 9 right ear, 10 mouth, 11 upper lip, 12 lower lip, 13 hair, 14 hat,
+# 15 earring, 16 necklace, 17 neck, 18 cloth. The face is everything but background, hat, necklace, neck and
+# cloth (the same selection facexlib's own paste-back makes); hair is kept because the restorer redraws it
+# inside the crop and cutting along the hairline shows.
+FACE_CLASSES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15)
+
+
+class FaceParser:
+    """A loaded ParseNet. Use `load_face_parser`."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+
+    def __repr__(self) -> str:
+        return f"FaceParser(device={self.device})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def face_mask(self, crop: np.ndarray, *, size: int | None = None) -> np.ndarray:
+        """Soft face mask of an aligned crop.
+
+        Args:
+            crop: float32 [S, S, C] in 0..1 (C = 1, 3 or 4; grey is repeated, alpha ignored).
+            size: side of the returned mask; default S.
+
+        Returns:
+            float32 [size, size] in 0..1: the probability that each pixel belongs to the face (`FACE_CLASSES`).
+        """
+        crop = check_image(crop, "crop")
+        side = crop.shape[0] if size is None else int(size)
+        rgb = to_rgb(crop)
+        interpolation = cv2.INTER_AREA if rgb.shape[0] > PARSE_SIZE else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (PARSE_SIZE, PARSE_SIZE), interpolation=interpolation)
+        dtype = next(self.net.parameters()).dtype
+        batch = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        batch = (batch.to(self.device, dtype) - 0.5) / 0.5
+        with torch.inference_mode():
+            logits = self.net(batch)[0]
+            probabilities = torch.softmax(logits.float(), dim=1)[0]
+            face = probabilities[list(FACE_CLASSES)].sum(dim=0)
+        mask = face.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+        if side != PARSE_SIZE:
+            interpolation = cv2.INTER_AREA if side < PARSE_SIZE else cv2.INTER_LINEAR
+            mask = cv2.resize(mask, (side, side), interpolation=interpolation)
+        return mask
+
+
+def load_face_parser(
+    model_dir: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+) -> FaceParser:
+    """Load ParseNet from `model_dir/parsing_parsenet.pth` (downloaded there first if missing) onto `device`."""
+    path = resolve_known_weights("parsenet", model_dir, progress=progress)
+    # Imported here: facexlib is only needed once a parser is wanted.
+    from facexlib.parsing.parsenet import ParseNet
+
+    net = ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=PARSE_CLASSES)
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path} is not a ParseNet checkpoint with facexlib's layout ({str(exc).splitlines()[0]}). Expected "
+            f"{KNOWN_WEIGHTS['parsenet'].filename} from {KNOWN_WEIGHTS['parsenet'].url}."
+        ) from exc
+    return FaceParser(net.to(torch.device(device)).eval())

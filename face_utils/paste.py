@@ -1,0 +1,285 @@
+"""Pasting restored face crops back into their frame (or a k-times larger canvas of it).
+
+Each face is handled only inside the canvas rectangle its crop covers: the restored crop is warped back there
+(low-passed first when it is shrunk, so a 2048 crop on a 200 pixel face does not alias), optionally colour
+matched to the original pixels, and blended in through a soft mask measured in units of the crop, which
+alignment has normalised to the face. Pixels where the mask is zero keep their exact input values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .alignment import INTERPOLATIONS
+from .images import check_image, colour_channels, convert_channels, ensure_hwc
+from .parsing import PARSE_SIZE, FaceParser
+from .records import FaceRecord
+from .resample import affine_scale, antialias_for_shrink, compose_affine, scale_affine, translate_affine
+
+logger = logging.getLogger(__name__)
+
+MASK_SHAPES = ("ellipse", "box", "parsing")
+
+# Semi-axes of the ellipse mask as fractions of the crop side, centred in the crop: the full height, and a
+# little narrower than the crop because aligned faces are taller than wide (both templates put the eyes about
+# 0.21-0.25 of the crop apart, the face about 0.5 wide).
+ELLIPSE_SEMI_AXES_UV = (0.44, 0.5)
+# Colour correction compares restored and original colour averaged over a Gaussian of this standard deviation
+# (fraction of the crop side): wide enough to ignore detail the restorer adds (pores, lashes, sharp edges),
+# narrow enough to follow shading across the face.
+COLOR_CORRECTION_SIGMA = 0.06
+# The colour-correction field is smooth, so it is computed on a copy where the crop side spans this many pixels.
+COLOR_CORRECTION_GRID = 64
+# Canvas sizes may differ from an exact multiple of the frame by rounding; more than this many pixels of
+# disagreement between the two axes means another aspect ratio.
+CANVAS_ROUNDING_PX = 1.0
+
+
+class CanvasMismatchError(ValueError):
+    """The canvas is not the frame the faces were detected on, nor a uniformly scaled copy of it."""
+
+
+@dataclass(frozen=True)
+class PasteSettings:
+    """How restored crops are blended back.
+
+    Attributes:
+        mask_shape: "ellipse" (default; an ellipse filling the crop's height), "box" (the crop square) or
+            "parsing" (ParseNet's face mask, limited to the box; needs a `FaceParser`).
+        erosion: how far the mask's outer edge lies inside the shape, as a fraction of the crop side (which
+            alignment makes proportional to the face). 0.04 keeps clear of the crop's border pixels.
+        feather: width of the soft transition, inward from the eroded edge, as a fraction of the crop side.
+        strength: 1 pastes the restored face, 0 leaves the image unchanged; between, the restored face is blended
+            with the original pixels (upstream GPEN uses 0.8 for its 2048 model).
+        color_correction: match the low-frequency colour and tone of the restored face to the original under the
+            mask, which removes colour casts and the visible edge they make; detail is kept.
+        interpolation: resampler for the inverse warp: "cubic" (default), "lanczos" or "linear".
+    """
+
+    mask_shape: str = "ellipse"
+    erosion: float = 0.04
+    feather: float = 0.1
+    strength: float = 1.0
+    color_correction: bool = True
+    interpolation: str = "cubic"
+
+    def __post_init__(self) -> None:
+        if self.mask_shape not in MASK_SHAPES:
+            raise ValueError(f"Unknown mask_shape {self.mask_shape!r}; expected one of {MASK_SHAPES}")
+        if not 0.0 <= self.erosion < 0.5:
+            raise ValueError(f"erosion is a fraction of the crop side in [0, 0.5), got {self.erosion}")
+        if not 0.0 <= self.feather <= 0.5:
+            raise ValueError(f"feather is a fraction of the crop side in [0, 0.5], got {self.feather}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be in 0..1, got {self.strength}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"Unknown interpolation {self.interpolation!r}; expected one of {tuple(INTERPOLATIONS)}"
+            )
+
+
+def paste_faces(
+    image: np.ndarray,
+    crops: Sequence[np.ndarray],
+    faces: Sequence[FaceRecord],
+    settings: PasteSettings = PasteSettings(),
+    *,
+    parser: FaceParser | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste restored `crops` back at their `faces`.
+
+    Args:
+        image: float32 [H, W, C] in 0..1 (C = 1, 3 or 4): the frame the faces were detected on, or a copy of it
+            scaled by any factor k (for example 2x by an upscaler); k is read from the size ratio.
+        crops: restored crops, float32 [s, s, C'] in 0..1, one per face, in any channel count (converted to the
+            image's; the image's alpha is kept) and any size s (the face's affine is rescaled from its
+            `crop_size` to s).
+        faces: aligned records (see `align_face`), in paste order: later faces go over earlier ones.
+        settings: mask, strength and colour options.
+        parser: needed when `settings.mask_shape` is "parsing" (see `load_face_parser`).
+
+    Returns:
+        (pasted image, float32 [H, W, C], a new array) and (mask, float32 [H, W] in 0..1: the union of the face
+        masks, strength not included). Wherever mask is 0 the image is bit-identical to the input.
+    """
+    image = check_image(image)
+    if len(crops) != len(faces):
+        raise ValueError(f"Got {len(crops)} crops for {len(faces)} faces; pass one restored crop per face")
+    if settings.mask_shape == "parsing" and parser is None:
+        raise ValueError(
+            "mask_shape 'parsing' needs a face parser: load one with face_utils.load_face_parser(model_dir), or "
+            "choose mask_shape 'ellipse' or 'box'"
+        )
+    result = image.copy()
+    combined = np.zeros(image.shape[:2], dtype=np.float32)
+    for crop, face in zip(crops, faces):
+        _paste_one(result, combined, image, check_image(crop, "crop"), face, settings, parser)
+    return result, combined
+
+
+def canvas_scale_xy(canvas_hw: tuple[int, int], frame_hw: tuple[int, int]) -> tuple[float, float]:
+    """Per-axis factors from the detection frame to the canvas; raises `CanvasMismatchError` unless they agree
+    up to rounding of the canvas size."""
+    (canvas_h, canvas_w), (frame_h, frame_w) = canvas_hw, frame_hw
+    scale_x, scale_y = canvas_w / frame_w, canvas_h / frame_h
+    # Either axis may carry the rounding, so the sizes disagree only if neither factor predicts the other side.
+    height_off = abs(canvas_h - frame_h * scale_x) > CANVAS_ROUNDING_PX
+    width_off = abs(canvas_w - frame_w * scale_y) > CANVAS_ROUNDING_PX
+    if height_off and width_off:
+        raise CanvasMismatchError(
+            f"The faces were detected on a {frame_w}x{frame_h} (w x h) image but the canvas is {canvas_w}x{canvas_h}, "
+            f"which is not the same picture scaled ({scale_x:.4g}x wide, {scale_y:.4g}x high). Paste onto that image "
+            "or a uniformly resized copy of it."
+        )
+    return scale_x, scale_y
+
+
+def crop_from_canvas_affine(face: FaceRecord, crop_side: int, canvas_hw: tuple[int, int]) -> np.ndarray:
+    """2x3 matrix mapping canvas pixels to pixels of a `crop_side` crop of `face`."""
+    scale_x, scale_y = canvas_scale_xy(canvas_hw, face.image_size_hw)
+    crop_scale = crop_side / face.crop_size
+    frame_from_canvas = scale_affine(1.0 / scale_x, 1.0 / scale_y)
+    return compose_affine(scale_affine(crop_scale, crop_scale), compose_affine(face.affine, frame_from_canvas))
+
+
+def face_mask_uv(u: np.ndarray, v: np.ndarray, shape: str, erosion: float, feather: float) -> np.ndarray:
+    """Mask value at normalised crop coordinates (u, v in 0..1 across the crop, (0.5, 0.5) its centre) for the
+    geometric shapes "ellipse" and "box": 1 deeper than erosion + feather inside the shape, easing to 0 at
+    erosion inside its edge."""
+    if shape == "box":
+        inside = np.minimum(np.minimum(u, 1.0 - u), np.minimum(v, 1.0 - v))
+    elif shape == "ellipse":
+        semi_u, semi_v = ELLIPSE_SEMI_AXES_UV
+        du, dv = (u - 0.5) / semi_u, (v - 0.5) / semi_v
+        radius = np.sqrt(du * du + dv * dv)
+        # First-order distance to the ellipse: (1 - r) / |grad r|, exact on the boundary's normal direction.
+        gradient = np.sqrt((du / semi_u) ** 2 + (dv / semi_v) ** 2) / np.maximum(radius, 1e-6)
+        inside = (1.0 - radius) / np.maximum(gradient, 1e-6)
+    else:
+        raise ValueError(f"face_mask_uv draws 'ellipse' or 'box', got {shape!r}")
+    if feather <= 0.0:
+        return (inside > erosion).astype(np.float32)
+    t = np.clip((inside - erosion) / feather, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def _paste_one(
+    result: np.ndarray,
+    combined: np.ndarray,
+    original: np.ndarray,
+    crop: np.ndarray,
+    face: FaceRecord,
+    settings: PasteSettings,
+    parser: FaceParser | None,
+) -> None:
+    if not face.is_aligned:
+        raise ValueError("Cannot paste an unaligned face: align it with face_utils.align_face first")
+    side = crop.shape[0]
+    if crop.shape[1] != side:
+        raise ValueError(f"Restored crops must be square, got {crop.shape[1]}x{side} (w x h)")
+    canvas_h, canvas_w = result.shape[:2]
+    crop_from_canvas = crop_from_canvas_affine(face, side, (canvas_h, canvas_w))
+
+    # The canvas rectangle under the crop; nothing outside it is read or written.
+    canvas_from_crop = cv2.invertAffineTransform(crop_from_canvas)
+    edge = side - 0.5
+    corners = np.array([[-0.5, -0.5, 1.0], [edge, -0.5, 1.0], [-0.5, edge, 1.0], [edge, edge, 1.0]])
+    corners_xy = corners @ canvas_from_crop.T
+    x0 = max(math.floor(corners_xy[:, 0].min()), 0)
+    y0 = max(math.floor(corners_xy[:, 1].min()), 0)
+    x1 = min(math.ceil(corners_xy[:, 0].max()) + 1, canvas_w)
+    y1 = min(math.ceil(corners_xy[:, 1].max()) + 1, canvas_h)
+    if x1 <= x0 or y1 <= y0:
+        logger.info("Face at %s lies outside the canvas; nothing pasted", face.box_xyxy)
+        return
+    crop_from_region = compose_affine(crop_from_canvas, translate_affine(x0, y0))
+
+    mask = _region_mask(crop, crop_from_region, (y1 - y0, x1 - x0), settings, parser)
+    region_combined = combined[y0:y1, x0:x1]
+    region_combined[...] = 1.0 - (1.0 - region_combined) * (1.0 - mask)
+    weight = mask * np.float32(settings.strength)
+    if not weight.any():
+        return
+
+    channels = colour_channels(result)
+    restored = convert_channels(_warp_crop_to_region(crop, crop_from_region, (y1 - y0, x1 - x0), settings), channels)
+    current = result[y0:y1, x0:x1, :channels]
+    if settings.color_correction:
+        reference = original[y0:y1, x0:x1, :channels]
+        crop_side_px = side / affine_scale(crop_from_region)
+        restored = np.clip(restored + _colour_offset(reference, restored, mask, crop_side_px), 0.0, 1.0)
+    blended = current + weight[:, :, None] * (restored - current)
+    current[...] = np.where(weight[:, :, None] > 0.0, blended, current)
+
+
+def _region_mask(
+    crop: np.ndarray,
+    crop_from_region: np.ndarray,
+    region_hw: tuple[int, int],
+    settings: PasteSettings,
+    parser: FaceParser | None,
+) -> np.ndarray:
+    """The face mask [h, w] float32 over the canvas region, evaluated at each pixel's position in the crop."""
+    height, width = region_hw
+    side = crop.shape[0]
+    xs = np.arange(width, dtype=np.float64)[None, :]
+    ys = np.arange(height, dtype=np.float64)[:, None]
+    # Crop pixel centres are at integer coordinates, so the crop spans -0.5 .. side - 0.5.
+    u = ((crop_from_region[0, 0] * xs + crop_from_region[0, 1] * ys + crop_from_region[0, 2]) + 0.5) / side
+    v = ((crop_from_region[1, 0] * xs + crop_from_region[1, 1] * ys + crop_from_region[1, 2]) + 0.5) / side
+    u, v = u.astype(np.float32), v.astype(np.float32)
+    if settings.mask_shape != "parsing":
+        return face_mask_uv(u, v, settings.mask_shape, settings.erosion, settings.feather)
+    box = face_mask_uv(u, v, "box", settings.erosion, settings.feather)
+    parsed = parser.face_mask(crop, size=PARSE_SIZE)
+    if settings.feather > 0.0:
+        # Soften the class boundaries by the same face-relative amount as the box edge.
+        sigma = settings.feather * PARSE_SIZE / 3.0
+        parsed = cv2.GaussianBlur(parsed, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
+    sampled = cv2.remap(
+        parsed, u * PARSE_SIZE - 0.5, v * PARSE_SIZE - 0.5, interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+    )
+    return np.clip(sampled, 0.0, 1.0) * box
+
+
+def _warp_crop_to_region(
+    crop: np.ndarray, crop_from_region: np.ndarray, region_hw: tuple[int, int], settings: PasteSettings
+) -> np.ndarray:
+    """The crop resampled onto the canvas region; low-passed first when it has more pixels than the face."""
+    source, filtered_from_crop = antialias_for_shrink(crop, affine_scale(crop_from_region))
+    crop_from_region = compose_affine(filtered_from_crop, crop_from_region)
+    height, width = region_hw
+    warped = cv2.warpAffine(
+        source, crop_from_region, (width, height),
+        flags=INTERPOLATIONS[settings.interpolation] | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+    )
+    return np.clip(ensure_hwc(warped), 0.0, 1.0)
+
+
+def _colour_offset(reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, crop_side_px: float) -> np.ndarray:
+    """Low-frequency difference (reference - restored) under the mask, [h, w, C] float32.
+
+    Both images are averaged with the mask as weight (normalised convolution), so pixels outside the face do not
+    pull the colour; the smooth difference is computed on a small copy and enlarged back.
+    """
+    height, width = mask.shape
+    factor = min(1.0, COLOR_CORRECTION_GRID / crop_side_px)
+    small_wh = (max(1, round(width * factor)), max(1, round(height * factor)))
+    sigma = max(COLOR_CORRECTION_SIGMA * crop_side_px * (small_wh[0] / width), 0.5)
+
+    def smooth(array: np.ndarray) -> np.ndarray:
+        small = ensure_hwc(cv2.resize(array, small_wh, interpolation=cv2.INTER_AREA))
+        return ensure_hwc(cv2.GaussianBlur(small, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE))
+
+    weight = mask[:, :, None]
+    total = smooth(weight)
+    difference = smooth(reference * weight) - smooth(restored * weight)
+    offset = np.divide(difference, total, out=np.zeros_like(difference), where=total > 1e-4)
+    return ensure_hwc(cv2.resize(offset, (width, height), interpolation=cv2.INTER_LINEAR))

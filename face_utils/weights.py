@@ -1,0 +1,175 @@
+"""Finding detector and parser weights in a model folder, downloading a missing file on first use.
+
+Policy: a file the user placed in the folder is trusted and used as is (it may be another training run with the
+same layout, as the test fixture detector is); only what we download is checked against its published SHA-256.
+A download goes to a temporary file in the same folder and is renamed into place only once complete and verified,
+so an interrupted or corrupted download never leaves a file that looks valid. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, "int | None"], None]
+"""Called as progress(bytes_done, bytes_total_or_None) while a file downloads."""
+
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+class WeightsUnavailableError(RuntimeError):
+    """A weights file is not in the model folder and could not be downloaded."""
+
+
+class ChecksumError(WeightsUnavailableError):
+    """A downloaded file does not have the published SHA-256; it has been deleted."""
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a weights file officially comes from, and its published SHA-256."""
+
+    filename: str
+    url: str
+    sha256: str
+
+
+# Official release addresses. SHA-256 sums: facexlib's release assets (v0.1.0 detection, v0.2.2 parsing) and the
+# OpenCV zoo's Git LFS object for YuNet, each cross-checked in several independent public manifests (for example
+# the Arch Linux python-facexlib PKGBUILD and download scripts that pin them); none is computed by us.
+KNOWN_WEIGHTS: dict[str, WeightsSpec] = {
+    "retinaface_resnet50": WeightsSpec(
+        filename="detection_Resnet50_Final.pth",
+        url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
+        sha256="6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
+    ),
+    "retinaface_mobile0.25": WeightsSpec(
+        filename="detection_mobilenet0.25_Final.pth",
+        url="https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
+        sha256="2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
+    ),
+    "yunet": WeightsSpec(
+        filename="face_detection_yunet_2023mar.onnx",
+        url=(
+            "https://media.githubusercontent.com/media/opencv/opencv_zoo/main/models/face_detection_yunet/"
+            "face_detection_yunet_2023mar.onnx"
+        ),
+        sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+    ),
+    "parsenet": WeightsSpec(
+        filename="parsing_parsenet.pth",
+        url="https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
+        sha256="3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2",
+    ),
+}
+
+
+def resolve_weights(
+    filename: str,
+    model_dir: str | Path,
+    *,
+    url: str,
+    sha256: str,
+    progress: ProgressCallback | None = None,
+    timeout_s: float = DOWNLOAD_TIMEOUT_S,
+) -> Path:
+    """Path of `filename` in `model_dir`, downloading it from `url` first if it is not there.
+
+    A present file is returned without reading it (trusted: the user put it there). A downloaded file must have
+    the SHA-256 `sha256` (hex) or it is deleted and `ChecksumError` is raised. `progress(done, total)` is called
+    after every chunk (total is None when the server does not say).
+
+    Raises:
+        WeightsUnavailableError: the download failed (offline, HTTP error); the message names the file, the
+            address and the folder to put it in by hand.
+        ChecksumError: the downloaded bytes do not match `sha256`; nothing is left behind.
+    """
+    if Path(filename).name != filename or not filename:
+        raise ValueError(f"filename must be a bare file name, got {filename!r}")
+    folder = Path(model_dir).expanduser()
+    target = folder / filename
+    if target.is_file():
+        return target
+    expected = sha256.strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
+
+    logger.info("%s not found in %s; downloading it from %s", filename, folder, url)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WeightsUnavailableError(
+            f"Cannot create the model folder {folder} to download {filename} into ({exc}). Create it, or download "
+            f"{url} yourself and put it there as {filename}."
+        ) from exc
+
+    # Same folder as the target, so the final rename is atomic and never crosses file systems.
+    fd, temp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=folder)
+    temp_path = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            actual = _download(url, out, progress=progress, timeout_s=timeout_s, filename=filename, folder=folder)
+        if actual != expected:
+            raise ChecksumError(
+                f"Downloaded {filename} from {url} but its SHA-256 is {actual}, expected {expected}. The file was "
+                f"deleted. Try again later, or download it yourself and put it in {folder}."
+            )
+        os.replace(temp_path, target)
+    finally:
+        temp_path.unlink(missing_ok=True)
+    logger.info("Saved %s (SHA-256 verified)", target)
+    return target
+
+
+def resolve_known_weights(
+    key: str, model_dir: str | Path, *, progress: ProgressCallback | None = None
+) -> Path:
+    """`resolve_weights` for one of `KNOWN_WEIGHTS` (by key, for example "retinaface_resnet50")."""
+    try:
+        spec = KNOWN_WEIGHTS[key]
+    except KeyError:
+        raise ValueError(f"Unknown weights {key!r}; expected one of {sorted(KNOWN_WEIGHTS)}") from None
+    return resolve_weights(spec.filename, model_dir, url=spec.url, sha256=spec.sha256, progress=progress)
+
+
+def _download(
+    url: str, out, *, progress: ProgressCallback | None, timeout_s: float, filename: str, folder: Path
+) -> str:
+    """Stream `url` into the open binary file `out`; returns the hex SHA-256 of what was written."""
+    digest = hashlib.sha256()
+    request = urllib.request.Request(url, headers={"User-Agent": "comfyui-gpen-restore"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            done = 0
+            if progress is not None:
+                progress(done, total)
+            while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise WeightsUnavailableError(
+            f"Could not download {filename} from {url} ({exc}). If this machine is offline, download that address "
+            f"elsewhere and put the file in {folder} as {filename}."
+        ) from exc
+    if total is not None and done != total:
+        raise WeightsUnavailableError(
+            f"Download of {filename} from {url} stopped after {done} of {total} bytes. Try again, or put the file in "
+            f"{folder} yourself."
+        )
+    return digest.hexdigest()
