@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image (0 = all)")
     parser.add_argument("--template", choices=TEMPLATES, default="gpen", help="alignment template")
     parser.add_argument("--mask-shape", choices=MASK_SHAPES, default="ellipse", help="paste mask shape")
-    parser.add_argument("--erosion", type=float, default=0.05, help="mask erosion, fraction of the crop")
-    parser.add_argument("--feather", type=float, default=0.1, help="mask feather, fraction of the crop")
+    parser.add_argument("--erosion", type=float, default=PasteSettings.erosion, help="mask erosion, fraction of the crop")
+    parser.add_argument("--feather", type=float, default=PasteSettings.feather, help="mask feather, fraction of the crop")
     parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",

@@ -69,9 +69,9 @@ MASK_SHAPE = (list(MASK_SHAPES), {"default": "ellipse", "tooltip": (
     "Shape of the paste mask in the crop: 'ellipse' (face oval), 'box' (whole crop minus the erosion), or "
     "'parsing' (skin, eyes, nose, mouth and hair from a face-parsing network; downloads parsing_parsenet.pth "
     "into models/facedetection on first use).")})
-EROSION = ("FLOAT", {"default": 0.05, "min": 0.0, "max": 0.4, "step": 0.01, "tooltip": (
+EROSION = ("FLOAT", {"default": PasteSettings.erosion, "min": 0.0, "max": 0.4, "step": 0.01, "tooltip": (
     "Shrink the mask inward by this fraction of the crop size, so the crop's own border never shows.")})
-FEATHER = ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01, "tooltip": (
+FEATHER = ("FLOAT", {"default": PasteSettings.feather, "min": 0.0, "max": 0.5, "step": 0.01, "tooltip": (
     "Width of the soft mask edge as a fraction of the crop size; larger hides seams, smaller keeps more of "
     "the restored face.")})
 COLOR_CORRECTION = ("BOOLEAN", {"default": True, "tooltip": (
