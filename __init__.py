@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
-import folder_paths
-
-from .model_files import DETECTION_FOLDER, GPEN_EXTENSIONS, RESTORE_FOLDER
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+try:
+    import folder_paths
+except ModuleNotFoundError:
+    # Not inside ComfyUI: pytest imports this file when it collects the repository as a package. There is
+    # nothing to register then; the command line never imports this file.
+    folder_paths = None
 
 # Detector weights are .pth (RetinaFace, ParseNet) or .onnx (YuNet).
 DETECTION_EXTENSIONS = (".pth", ".onnx")
@@ -27,7 +29,14 @@ def _register_model_folder(name: str, extensions: tuple[str, ...]) -> None:
         folder_paths.folder_names_and_paths[name] = (paths, set(known) | set(extensions))
 
 
-_register_model_folder(RESTORE_FOLDER, GPEN_EXTENSIONS)
-_register_model_folder(DETECTION_FOLDER, DETECTION_EXTENSIONS)
+if folder_paths is None:
+    NODE_CLASS_MAPPINGS: dict[str, type] = {}
+    NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+else:
+    from .model_files import DETECTION_FOLDER, GPEN_EXTENSIONS, RESTORE_FOLDER
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    _register_model_folder(RESTORE_FOLDER, GPEN_EXTENSIONS)
+    _register_model_folder(DETECTION_FOLDER, DETECTION_EXTENSIONS)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

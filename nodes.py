@@ -221,7 +221,8 @@ class GPENDetectFaces:
         faces = pipeline.detect_faces(
             image, face_detector, settings, check_interrupted=model_management.throw_exception_if_processing_interrupted
         )
-        _log_faces_found(where, len(faces), image.shape[0])
+        _log_faces_found(where, len(faces), image.shape[0],
+                         "the crops are an empty batch and paste-back will pass the image through unchanged")
         crops = pipeline.warp_crops(image, faces)
         if not faces:
             crops = torch.zeros((0, crop_size, crop_size, image.shape[-1]), dtype=torch.float32)
@@ -402,7 +403,7 @@ class GPENRestoreFacesOneNode:
             on_progress=lambda done, total: progress.update_absolute(done, total),
             check_interrupted=model_management.throw_exception_if_processing_interrupted,
         )
-        _log_faces_found(where, restored, image.shape[0])
+        _log_faces_found(where, restored, image.shape[0], "the image passes through unchanged, the mask is empty")
         device = model_management.intermediate_device()
         return out.to(device), mask.to(device)
 
@@ -499,10 +500,9 @@ def _detect_settings(
                                    order=order, index=face_index, max_faces=max_faces)
 
 
-def _log_faces_found(where: str, faces: int, frames: int) -> None:
+def _log_faces_found(where: str, faces: int, frames: int, consequence: str) -> None:
     if faces == 0:
-        logger.warning("%s: no face found in %d frame(s); the image passes through unchanged and the mask is empty",
-                       where, frames)
+        logger.warning("%s: no face found in %d frame(s); %s", where, frames, consequence)
     else:
         logger.info("%s: %d face(s) in %d frame(s)", where, faces, frames)
 

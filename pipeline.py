@@ -313,19 +313,20 @@ def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> N
 
 
 def draw_faces(frame: np.ndarray, faces: Sequence[FaceRecord]) -> np.ndarray:
-    """A copy of `frame` (`[H, W, C]` float32 [0, 1]) as RGB with each face's box, landmarks and order drawn."""
-    rgb = np.ascontiguousarray(frame[..., :3] if frame.shape[-1] >= 3 else np.repeat(frame, 3, axis=-1)).copy()
-    thickness = max(1, round(max(rgb.shape[:2]) / 400))
-    box_rgb, point_rgb = (0.0, 1.0, 0.0), (1.0, 0.2, 0.2)  # green boxes, red points: readable on skin tones
+    """A copy of `frame` (`[H, W, C]` float32 [0, 1]) as RGB with each face's box, landmarks, position in the
+    selection and score drawn (drawn in 8 bits, which OpenCV's text rendering requires; it is only a preview)."""
+    rgb = frame[..., :3] if frame.shape[-1] >= 3 else np.repeat(frame, 3, axis=-1)
+    canvas = np.ascontiguousarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))
+    thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    box_rgb, point_rgb = (0, 255, 0), (255, 50, 50)  # green boxes, red points: readable on skin tones
     for order, face in enumerate(faces):
         x0, y0, x1, y1 = (round(v) for v in face.box_xyxy)
-        cv2.rectangle(rgb, (x0, y0), (x1, y1), box_rgb, thickness, cv2.LINE_AA)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), box_rgb, thickness, cv2.LINE_AA)
         for x, y in face.landmarks_xy:
-            cv2.circle(rgb, (round(x), round(y)), 2 * thickness, point_rgb, -1, cv2.LINE_AA)
-        label = f"{order}: {face.score:.2f}"
-        cv2.putText(rgb, label, (x0, max(y0 - 4 * thickness, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness,
-                    box_rgb, thickness, cv2.LINE_AA)
-    return rgb
+            cv2.circle(canvas, (round(x), round(y)), 2 * thickness, point_rgb, -1, cv2.LINE_AA)
+        cv2.putText(canvas, f"{order}: {face.score:.2f}", (x0, max(y0 - 4 * thickness, 10)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, box_rgb, thickness, cv2.LINE_AA)
+    return canvas.astype(np.float32) / 255.0
 
 
 def _faces_in_frame(

@@ -45,6 +45,8 @@ class ComfyDoubles:
     use_fp16: bool = False
     use_bf16: bool = False
     interrupt_after_checks: int | None = None  # raise on the (n+1)-th interruption check
+    # Folders other packs or extra_model_paths.yaml registered before ours: name -> (paths, extensions).
+    registered_before: dict[str, tuple[list[str], set[str]]] = field(default_factory=dict)
     load_calls: list[dict] = field(default_factory=list)
     progress: list[ProgressRecord] = field(default_factory=list)
     interrupt_checks: int = 0
@@ -137,6 +139,7 @@ class ComfyDoubles:
         fp.supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
         fp.folder_names_and_paths = {
             "checkpoints": ([str(self.models_dir / "checkpoints")], fp.supported_pt_extensions),
+            **{name: (list(paths), set(exts)) for name, (paths, exts) in self.registered_before.items()},
         }
 
         def add_model_folder_path(folder_name, full_folder_path, is_default=False):
