@@ -8,6 +8,7 @@ Only this module and `__init__.py` import ComfyUI (`comfy`, `folder_paths`). Soc
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .face_utils import (
     ORDERS,
     TEMPLATES,
     FaceDetector,
+    FaceParser,
     FaceRecord,
     PasteSettings,
     load_detector,
@@ -34,7 +36,15 @@ from .face_utils import (
     parse_index_spec,
 )
 from .gpen_arch import load_gpen
-from .model_files import DETECTION_FOLDER, DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models, preferred_model
+from .model_files import (
+    DETECTION_FOLDER,
+    DOWNLOAD_HINT,
+    GPEN_EXTENSIONS,
+    RESTORE_FOLDER,
+    find_models,
+    folder_with_file,
+    preferred_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +233,9 @@ class GPENDetectFaces:
         )
         _log_faces_found(where, len(faces), image.shape[0],
                          "the crops are an empty batch and paste-back will pass the image through unchanged")
-        crops = pipeline.warp_crops(image, faces)
-        if not faces:
+        if faces:
+            crops = pipeline.warp_crops(image, faces)
+        else:
             crops = torch.zeros((0, crop_size, crop_size, image.shape[-1]), dtype=torch.float32)
         preview = frames_to_image([
             pipeline.draw_faces(frame_to_numpy(image, i), [f for f in faces if f.frame_index == i])
@@ -479,7 +490,7 @@ def _bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> pipeli
             gpen_model.size, gpen_model.dtype, model_management.get_free_memory(device), faces
         )
 
-    def restore(crops: torch.Tensor, on_face) -> torch.Tensor:
+    def restore(crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
         return pipeline.restore_crops(
             gpen_model.module, crops, device=device, dtype=gpen_model.dtype, strength=strength,
             batch_size=batch_size, on_face=on_face,
@@ -510,15 +521,15 @@ def _log_faces_found(where: str, faces: int, frames: int, consequence: str) -> N
 def _weights_dir(filename: str) -> Path:
     """The facedetection folder holding `filename`, else the first one (where it is then downloaded)."""
     folders = [Path(p) for p in folder_paths.get_folder_paths(DETECTION_FOLDER)]
-    return next((f for f in folders if (f / filename).is_file()), folders[0])
+    return folder_with_file(filename, folders) or folders[0]
 
 
-def _load_parser():
+def _load_parser() -> FaceParser:
     model_dir = _weights_dir(KNOWN_WEIGHTS[PARSER_WEIGHTS].filename)
     return load_face_parser(model_dir, device=model_management.get_torch_device(), progress=_download_progress())
 
 
-def _download_progress():
+def _download_progress() -> Callable[[int, int | None], None]:
     """A download progress callback driving a ComfyUI progress bar, created on the first report."""
     state: dict[str, comfy.utils.ProgressBar] = {}
 

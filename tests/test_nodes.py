@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from comfy_doubles import InterruptProcessingException
-from nodes_support import DETECTOR, astronaut, comfy, grace, image_batch, models_dir, pack, save_gpen  # noqa: F401
+from nodes_support import DETECTOR, astronaut, comfy, grace, image_batch, models_dir, pack  # noqa: F401
 
 SOCKET_TYPES = {"IMAGE", "MASK", "GPEN_MODEL", "FACE_DETECTOR", "GPEN_FACES"}
 
