@@ -182,13 +182,14 @@ class GPENDetectFaces:
     DESCRIPTION = (
         "Finds faces in every frame of an image batch, picks which to keep, and cuts each out aligned (eyes, nose "
         "and mouth at fixed places), ready for a restorer. Outputs the crops, the face records paste-back needs, "
-        "and a preview with boxes and landmarks. Frames without faces give no crops and are logged."
+        "and a preview with boxes and landmarks. Frames without faces give no crops; when no frame has a face the "
+        "crops are one black placeholder and the face list is empty (logged), so the rest of the graph still runs."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "GPEN_FACES", "IMAGE")
     RETURN_NAMES = ("face_crops", "faces", "preview")
     OUTPUT_TOOLTIPS = (
-        "Aligned face crops, one per face (square; an empty batch when no face was found).",
+        "Aligned face crops, one per face (square). When no face is found: one black placeholder crop.",
         "One record per crop: its frame, box, landmarks and the transform to paste it back.",
         "The input frames with each kept face's box, landmarks, number and score drawn.",
     )
@@ -231,12 +232,14 @@ class GPENDetectFaces:
         faces = pipeline.detect_faces(
             image, face_detector, settings, check_interrupted=model_management.throw_exception_if_processing_interrupted
         )
-        _log_faces_found(where, len(faces), image.shape[0],
-                         "the crops are an empty batch and paste-back will pass the image through unchanged")
+        _log_faces_found(where, len(faces), image.shape[0], (
+            "face_crops holds one black placeholder (so preview and sampler nodes downstream keep working), faces "
+            "is empty, and paste-back will pass the image through unchanged"))
         if faces:
             crops = pipeline.warp_crops(image, faces)
         else:
-            crops = torch.zeros((0, crop_size, crop_size, image.shape[-1]), dtype=torch.float32)
+            # ComfyUI's image nodes (Preview, Save, VAE Encode) fail on an empty batch, so no face is one black crop.
+            crops = torch.zeros((1, crop_size, crop_size, image.shape[-1]), dtype=torch.float32)
         preview = frames_to_image([
             pipeline.draw_faces(frame_to_numpy(image, i), [f for f in faces if f.frame_index == i])
             for i in range(image.shape[0])
@@ -334,8 +337,10 @@ class GPENPasteFaces:
         check_image(face_crops, where=where, name="face_crops")
         settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather, strength=opacity,
                                  color_correction=color_correction)
-        if not faces and face_crops.shape[0] == 0:
+        if not faces:
+            # Detect's placeholder crop (or anything else) has no face to go to.
             logger.warning("%s: no faces to paste (none was found); the image passes through unchanged", where)
+            face_crops = face_crops[:0]
         parser = _load_parser() if mask_shape == "parsing" and faces else None
         try:
             out, mask = pipeline.paste_back(

@@ -309,7 +309,7 @@ def test_detect_without_faces_gives_an_empty_batch_and_says_so(pack, caplog):
     image = torch.full((1, 256, 256, 3), 0.5)
     with caplog.at_level(logging.WARNING):
         crops, faces, preview = detect(pack, image, load_detector(pack), face_size=128)
-    assert crops.shape == (0, 128, 128, 3) and faces == ()
+    assert crops.shape == (1, 128, 128, 3) and not crops.any() and faces == ()  # one black placeholder
     torch.testing.assert_close(preview, image, atol=0.5 / 255 + 1e-6, rtol=0)  # the preview is 8-bit
     assert "no face found in 1 frame(s)" in caplog.text
 
@@ -373,7 +373,7 @@ def test_paste_refuses_faces_from_frames_the_batch_does_not_have(pack, grace):
 def test_paste_without_faces_passes_the_image_through(pack, grace, caplog):
     image = image_batch(grace)
     with caplog.at_level(logging.WARNING):
-        out, mask = paste(pack, image, torch.zeros(0, 64, 64, 3), ())
+        out, mask = paste(pack, image, torch.zeros(1, 64, 64, 3), ())  # Detect's placeholder crop
     assert torch.equal(out, image) and not mask.any()
     assert "no faces to paste" in caplog.text
 

@@ -100,7 +100,7 @@ class StandIns:
         return {
             "LoadImage": self.load_image,
             "SaveImage": self.save_image,
-            "PreviewImage": lambda images: (),
+            "PreviewImage": self.preview,
             "CheckpointLoaderSimple": lambda ckpt_name: ("MODEL", "CLIP", "VAE"),
             "CLIPTextEncode": lambda text, clip: ([[text]],),
             "EmptyLatentImage": lambda width, height, batch_size: (
@@ -119,7 +119,12 @@ class StandIns:
         return torch.from_numpy(frame[None].copy()), torch.zeros(1, *frame.shape[:2])
 
     def save_image(self, images: torch.Tensor, filename_prefix: str):
+        self.preview(images)
         self.saved[filename_prefix] = images
+        return ()
+
+    def preview(self, images: torch.Tensor):
+        images[0]  # ComfyUI's SaveImage and PreviewImage index the first image, so an empty batch fails there
         return ()
 
     def decode(self, samples: dict, vae: str):
@@ -133,7 +138,7 @@ class StandIns:
         return ()
 
 
-def run(pack, name: str, fixtures_dir: Path) -> StandIns:
+def run(pack, name: str, fixtures_dir: Path, *, photo: np.ndarray | None = None) -> StandIns:
     api = load(name, api=True)
     for node in api.values():
         if node["class_type"] == "GPENFaceDetectorLoader":
@@ -141,6 +146,8 @@ def run(pack, name: str, fixtures_dir: Path) -> StandIns:
             # choice is checked by the validation tests.
             node["inputs"]["detector"] = DETECTOR
     stand_ins = StandIns(fixtures_dir)
+    if photo is not None:
+        stand_ins.photo = photo
     definitions = node_definitions(pack.NODE_CLASS_MAPPINGS)
     run_api_workflow(api, definitions, pack.NODE_CLASS_MAPPINGS, stand_ins.functions())
     return stand_ins
@@ -179,3 +186,11 @@ def test_video_workflow_runs_frame_by_frame(workflow_pack, comfy, fixtures_dir):
     assert_face_restored(frames[:1], stand_ins.photo)
     assert (frames[2] - stand_ins.frames[2]).abs().mean() > 0.005
     assert comfy.progress[-1].values[-1] == 3
+
+
+@pytest.mark.parametrize("name", ["restore_photo", "quick_restore"])
+def test_photo_workflows_pass_an_image_without_faces_through(workflow_pack, fixtures_dir, name):
+    wall = np.random.default_rng(0).random((300, 400, 3), dtype=np.float32)
+    stand_ins = run(workflow_pack, name, fixtures_dir, photo=wall)
+    (image,) = stand_ins.saved.values()
+    assert torch.equal(image[0], torch.from_numpy(wall))
