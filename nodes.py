@@ -286,7 +286,7 @@ class GPENRestoreFaces:
         restore = _bind_restorer(gpen_model, count, strength)
         progress = comfy.utils.ProgressBar(count)
         restored = restore(face_crops, lambda: progress.update(1))
-        logger.info("%s: restored %d face(s) with %s", where, count, gpen_model.name)
+        logger.info("%s: restored %d crop(s) with %s", where, count, gpen_model.name)
         return (restored.to(model_management.intermediate_device()),)
 
 

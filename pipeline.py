@@ -48,7 +48,7 @@ DEFAULT_STRENGTH = 0.8
 ACTIVATION_BYTES_FACTOR = 4.0
 # Share of the free memory a restore batch may take; the rest stays for other nodes and fragmentation.
 FREE_MEMORY_SHARE = 0.8
-MAX_BATCH_SIZE = 16  # beyond this, batching gains nothing measurable on GPUs and costs latency per update
+MAX_BATCH_SIZE = 16  # a cap, so one batch's latency (and the gap between progress updates) stays bounded
 
 
 class FaceInputError(ValueError):
