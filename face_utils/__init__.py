@@ -33,7 +33,8 @@ Detection (`face_utils.detection`)
         (weights loaded by us with weights_only=True and strict keys, so facexlib never downloads) on `device`;
         YuNet through cv2.FaceDetectorYN on the CPU. Bad name -> ValueError listing DETECTORS.
     FaceDetector.detect(image, *, frame_index=0, score_threshold=0.9, detection_size=1024, min_face_size=0)
-        -> list[FaceRecord], best score first, unaligned. detection_size is the long side of the downscaled copy
+        -> list[FaceRecord], best score first, unaligned. FaceDetector.to(device) moves a RetinaFace detector
+        (facexlib's own device attributes included) for offloading. detection_size is the long side of the downscaled copy
         the network sees (0 = full resolution); coordinates are mapped back to `image`. No face -> [] and an
         info log line.
     ORDERS = ("largest", "left_to_right", "top_to_bottom", "best_score")
@@ -49,8 +50,8 @@ Alignment (`face_utils.alignment`)
     similarity_transform(src_xy, dst_xy) -> 2x3: least-squares similarity (Umeyama).
     align_face(face, *, crop_size, template="gpen") -> FaceRecord with crop_size, template and
         affine_crop_from_image filled in.
-    warp_face(image, face, *, interpolation="lanczos", antialias=True, border="reflect") -> float32 [S, S, C]:
-        low-passed to the crop's resolution when the face is larger than the crop, Lanczos (or "cubic",
+    warp_face(image, face, *, interpolation="cubic", antialias=True, border="reflect") -> float32 [S, S, C]:
+        low-passed to the crop's resolution when the face is larger than the crop, bicubic (or "lanczos",
         "linear") otherwise; border "reflect", "replicate" or "constant" (black).
 
 Paste-back (`face_utils.paste`)
@@ -68,7 +69,7 @@ Paste-back (`face_utils.paste`)
 Face parsing (`face_utils.parsing`)
     load_face_parser(model_dir, *, device="cpu", progress=None) -> FaceParser (facexlib's ParseNet,
         parsing_parsenet.pth, resolved like detector weights).
-    FaceParser.face_mask(crop, *, size=None) -> float32 [S, S] in 0..1, the probability of the face classes
+    FaceParser.to(device); FaceParser.face_mask(crop, *, size=None) -> float32 [S, S] in 0..1, the probability of the face classes
         (`FACE_CLASSES`: skin, brows, eyes, glasses, ears, earrings, nose, mouth, lips, hair).
 
 Errors

@@ -105,7 +105,7 @@ def warp_face(
     image: np.ndarray,
     face: FaceRecord,
     *,
-    interpolation: str = "lanczos",
+    interpolation: str = "cubic",
     antialias: bool = True,
     border: str = "reflect",
 ) -> np.ndarray:
@@ -115,7 +115,8 @@ def warp_face(
         image: float32 [H, W, C] in 0..1 (C = 1, 3 or 4; channels are warped alike, alpha straight), the frame
             the face was detected on.
         face: an aligned record (see `align_face`).
-        interpolation: "lanczos" (default, the sharpest for enlarging a small face), "cubic" or "linear"
+        interpolation: "cubic" (default), "lanczos" (a little sharper when enlarging a small face: +1.7 dB on
+            the round trip at 512, but 4-5x slower, about 0.5 s for a 2048 crop on 2 CPU cores) or "linear"
             (upstream GPEN's choice).
         antialias: when the crop has fewer pixels than the face (a large face), the region under it is first
             low-passed to the crop's resolution (see `face_utils.resample`) so the crop does not alias.

@@ -28,8 +28,7 @@ DEFAULT_SCORE_THRESHOLD = 0.9
 DEFAULT_DETECTION_SIZE = 1024
 # Overlap above which two detections are one face (the value RetinaFace and YuNet are evaluated with).
 NMS_IOU_THRESHOLD = 0.4
-# RetinaFace was trained on BGR pixels in 0..255 with these channel means subtracted (facexlib does the
-# subtraction itself; we only supply BGR 0..255).
+# facexlib's network names for our detector names.
 _RETINAFACE_NETWORKS = {"retinaface_resnet50": "resnet50", "retinaface_mobile0.25": "mobile0.25"}
 # Candidates YuNet keeps before non-maximum suppression (OpenCV's default).
 YUNET_TOP_K = 5000
@@ -45,6 +44,10 @@ class FaceDetector:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+    def to(self, device: torch.device | str) -> FaceDetector:
+        """Move to `device` (for offloading between runs); returns self. YuNet always stays on the CPU."""
+        return self
 
     def detect(
         self,
@@ -130,8 +133,17 @@ class RetinaFaceDetector(FaceDetector):
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
+    def to(self, device: torch.device | str) -> RetinaFaceDetector:
+        device = torch.device(device)
+        # facexlib keeps its own device and the BGR channel means as plain attributes, which nn.Module.to does
+        # not move.
+        self.net.to(device)
+        self.net.device = device
+        self.net.mean_tensor = self.net.mean_tensor.to(device)
+        return self
+
     def _detect_rgb(self, rgb, score_threshold):
-        # facexlib's boundary: BGR in 0..255.
+        # facexlib's boundary: BGR in 0..255 (it subtracts RetinaFace's training channel means itself).
         bgr_255 = np.ascontiguousarray(rgb[:, :, ::-1]) * np.float32(255.0)
         with torch.inference_mode():
             rows = self.net.detect_faces(
@@ -202,7 +214,7 @@ def _load_retinaface(name: str, path: Path, device: torch.device) -> torch.nn.Mo
 
     with warnings.catch_warnings():
         # facexlib builds its ResNet-50 with torchvision's deprecated `pretrained=False` (no download happens).
-        warnings.filterwarnings("ignore", message=".*pretrained.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")
         net = RetinaFace(network_name=_RETINAFACE_NETWORKS[name], half=False, device=device)
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state_dict, dict) and "state_dict" in state_dict:

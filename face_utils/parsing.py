@@ -36,7 +36,12 @@ class FaceParser:
 
     @property
     def device(self) -> torch.device:
-        return next(self.net.parameters()).device
+        return _first_tensor(self.net).device
+
+    def to(self, device: torch.device | str) -> FaceParser:
+        """Move to `device` (for offloading between runs); returns self."""
+        self.net.to(torch.device(device))
+        return self
 
     def face_mask(self, crop: np.ndarray, *, size: int | None = None) -> np.ndarray:
         """Soft face mask of an aligned crop.
@@ -53,7 +58,7 @@ class FaceParser:
         rgb = to_rgb(crop)
         interpolation = cv2.INTER_AREA if rgb.shape[0] > PARSE_SIZE else cv2.INTER_LINEAR
         rgb = cv2.resize(rgb, (PARSE_SIZE, PARSE_SIZE), interpolation=interpolation)
-        dtype = next(self.net.parameters()).dtype
+        dtype = _first_tensor(self.net).dtype
         batch = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
         batch = (batch.to(self.device, dtype) - 0.5) / 0.5
         with torch.inference_mode():
@@ -65,6 +70,15 @@ class FaceParser:
             interpolation = cv2.INTER_AREA if side < PARSE_SIZE else cv2.INTER_LINEAR
             mask = cv2.resize(mask, (side, side), interpolation=interpolation)
         return mask
+
+
+def _first_tensor(module: torch.nn.Module) -> torch.Tensor:
+    """A parameter or buffer of `module`, telling its device and dtype (a CPU float32 scalar if it has none)."""
+    for tensor in module.parameters():
+        return tensor
+    for tensor in module.buffers():
+        return tensor
+    return torch.zeros(())
 
 
 def load_face_parser(

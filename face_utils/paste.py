@@ -36,6 +36,12 @@ ELLIPSE_SEMI_AXES_UV = (0.44, 0.5)
 COLOR_CORRECTION_SIGMA = 0.06
 # The colour-correction field is smooth, so it is computed on a copy where the crop side spans this many pixels.
 COLOR_CORRECTION_GRID = 64
+# Colour correction measures contrast after a blur of this standard deviation (fraction of the crop side), so
+# that eyes, brows and shading count but the sharpness a restorer adds to a blurry face does not.
+COLOR_STATS_SIGMA = 0.03
+# Limits of the per-channel contrast gain colour correction may apply: wide enough for strong casts, narrow
+# enough that a flat restored face is not blown up to noise.
+COLOR_GAIN_RANGE = (0.5, 2.0)
 # Canvas sizes may differ from an exact multiple of the frame by rounding; more than this many pixels of
 # disagreement between the two axes means another aspect ratio.
 CANVAS_ROUNDING_PX = 1.0
@@ -58,7 +64,8 @@ class PasteSettings:
         strength: 1 pastes the restored face, 0 leaves the image unchanged; between, the restored face is blended
             with the original pixels (upstream GPEN uses 0.8 for its 2048 model).
         color_correction: match the low-frequency colour and tone of the restored face to the original under the
-            mask, which removes colour casts and the visible edge they make; detail is kept.
+            mask (a per-channel mean/contrast match over the face, then a smooth local mean match), which removes
+            colour casts and the visible edge they make; the detail the restorer added is kept.
         interpolation: resampler for the inverse warp: "cubic" (default), "lanczos" or "linear".
     """
 
@@ -202,7 +209,9 @@ def _paste_one(
 
     mask = _region_mask(crop, crop_from_region, (y1 - y0, x1 - x0), settings, parser)
     region_combined = combined[y0:y1, x0:x1]
-    region_combined[...] = 1.0 - (1.0 - region_combined) * (1.0 - mask)
+    # The union 1 - (1 - c)(1 - m), written so a tiny m still makes c positive in float32 (every pixel that
+    # changes is inside the returned mask).
+    region_combined += mask * (1.0 - region_combined)
     weight = mask * np.float32(settings.strength)
     if not weight.any():
         return
@@ -213,7 +222,7 @@ def _paste_one(
     if settings.color_correction:
         reference = original[y0:y1, x0:x1, :channels]
         crop_side_px = side / affine_scale(crop_from_region)
-        restored = np.clip(restored + _colour_offset(reference, restored, mask, crop_side_px), 0.0, 1.0)
+        restored = _colour_match(reference, restored, mask, crop_side_px)
     blended = current + weight[:, :, None] * (restored - current)
     current[...] = np.where(weight[:, :, None] > 0.0, blended, current)
 
@@ -228,12 +237,13 @@ def _region_mask(
     """The face mask [h, w] float32 over the canvas region, evaluated at each pixel's position in the crop."""
     height, width = region_hw
     side = crop.shape[0]
-    xs = np.arange(width, dtype=np.float64)[None, :]
-    ys = np.arange(height, dtype=np.float64)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
     # Crop pixel centres are at integer coordinates, so the crop spans -0.5 .. side - 0.5.
-    u = ((crop_from_region[0, 0] * xs + crop_from_region[0, 1] * ys + crop_from_region[0, 2]) + 0.5) / side
-    v = ((crop_from_region[1, 0] * xs + crop_from_region[1, 1] * ys + crop_from_region[1, 2]) + 0.5) / side
-    u, v = u.astype(np.float32), v.astype(np.float32)
+    (a, b, c), (d, e, f) = (crop_from_region / side).astype(np.float32)
+    shift = np.float32(0.5 / side)
+    u = (a * xs + (b * ys + (c + shift)))
+    v = (d * xs + (e * ys + (f + shift)))
     if settings.mask_shape != "parsing":
         return face_mask_uv(u, v, settings.mask_shape, settings.erosion, settings.feather)
     box = face_mask_uv(u, v, "box", settings.erosion, settings.feather)
@@ -263,23 +273,53 @@ def _warp_crop_to_region(
     return np.clip(ensure_hwc(warped), 0.0, 1.0)
 
 
-def _colour_offset(reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, crop_side_px: float) -> np.ndarray:
-    """Low-frequency difference (reference - restored) under the mask, [h, w, C] float32.
+def _colour_match(reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, crop_side_px: float) -> np.ndarray:
+    """`restored` [h, w, C] with the low-frequency colour and tone of `reference` under `mask`.
 
-    Both images are averaged with the mask as weight (normalised convolution), so pixels outside the face do not
-    pull the colour; the smooth difference is computed on a small copy and enlarged back.
+    Works on copies shrunk so the crop side spans COLOR_CORRECTION_GRID pixels. Two steps, per channel:
+    1. an affine match of the face's mean and spread (mask-weighted, measured after a blur of COLOR_STATS_SIGMA
+       so only structure that a blurry original and a sharp restoration share counts): out = a * restored + b,
+       a = std(reference) / std(restored) limited to COLOR_GAIN_RANGE; this undoes a global cast, gain and
+       offset alike, without flattening the detail the restorer added;
+    2. a smooth additive field making the local mask-weighted means equal (normalised convolution, so pixels
+       outside the face do not pull the colour), for casts that vary across the face.
     """
     height, width = mask.shape
     factor = min(1.0, COLOR_CORRECTION_GRID / crop_side_px)
     small_wh = (max(1, round(width * factor)), max(1, round(height * factor)))
+
+    def shrink(array: np.ndarray) -> np.ndarray:
+        return ensure_hwc(cv2.resize(array, small_wh, interpolation=cv2.INTER_AREA))
+
+    weight = shrink(mask[:, :, None])
+    small_reference, small_restored = shrink(reference), shrink(restored)
+    total = float(weight.sum())
+    if total <= 1e-6:
+        return restored
+
+    def mean_std(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = (array * weight).sum(axis=(0, 1)) / total
+        variance = (((array - mean) ** 2) * weight).sum(axis=(0, 1)) / total
+        return mean, np.sqrt(variance)
+
+    stats_sigma = max(COLOR_STATS_SIGMA * crop_side_px * (small_wh[0] / width), 0.5)
+
+    def structure(array: np.ndarray) -> np.ndarray:
+        return ensure_hwc(cv2.GaussianBlur(array, (0, 0), sigmaX=stats_sigma, borderType=cv2.BORDER_REPLICATE))
+
+    mean_reference, std_reference = mean_std(structure(small_reference))
+    mean_restored, std_restored = mean_std(structure(small_restored))
+    gain = np.where(std_restored > 1e-4, std_reference / np.maximum(std_restored, 1e-4), 1.0)
+    gain = np.clip(gain, *COLOR_GAIN_RANGE).astype(np.float32)
+    offset = (mean_reference - gain * mean_restored).astype(np.float32)
+
     sigma = max(COLOR_CORRECTION_SIGMA * crop_side_px * (small_wh[0] / width), 0.5)
 
-    def smooth(array: np.ndarray) -> np.ndarray:
-        small = ensure_hwc(cv2.resize(array, small_wh, interpolation=cv2.INTER_AREA))
-        return ensure_hwc(cv2.GaussianBlur(small, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE))
+    def blur(array: np.ndarray) -> np.ndarray:
+        return ensure_hwc(cv2.GaussianBlur(array, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE))
 
-    weight = mask[:, :, None]
-    total = smooth(weight)
-    difference = smooth(reference * weight) - smooth(restored * weight)
-    offset = np.divide(difference, total, out=np.zeros_like(difference), where=total > 1e-4)
-    return ensure_hwc(cv2.resize(offset, (width, height), interpolation=cv2.INTER_LINEAR))
+    local_total = blur(weight)
+    difference = blur(small_reference * weight) - blur((small_restored * gain + offset) * weight)
+    local = np.divide(difference, local_total, out=np.zeros_like(difference), where=local_total > 1e-4)
+    local = ensure_hwc(cv2.resize(local, (width, height), interpolation=cv2.INTER_LINEAR))
+    return np.clip(restored * gain + offset + local, 0.0, 1.0)

@@ -39,9 +39,10 @@ def bias_leaky_relu_(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 class Blur(nn.Module):
-    """Upstream's `upfirdn2d(x, kernel, pad=pad)` as a depthwise convolution (bit-identical, several times faster)."""
+    """Upstream's `upfirdn2d(x, kernel, pad=(pad, pad))` as a depthwise convolution (bit-identical and several
+    times faster; the padding is the convolution's own, so no padded copy is made)."""
 
-    def __init__(self, pad: tuple[int, int], factor: int = 1) -> None:
+    def __init__(self, pad: int, factor: int = 1) -> None:
         super().__init__()
         self.pad = pad
         self.register_buffer("kernel", fir_kernel(factor))
@@ -50,8 +51,7 @@ class Blur(nn.Module):
         channels = x.shape[1]
         # upfirdn2d correlates with the flipped kernel; keep the flip so any loaded kernel is honoured.
         weight = self.kernel.flip([0, 1]).to(x.dtype).expand(channels, 1, -1, -1)
-        x = F.pad(x, (self.pad[0], self.pad[1], self.pad[0], self.pad[1]))
-        return F.conv2d(x, weight, groups=channels)
+        return F.conv2d(x, weight, padding=self.pad, groups=channels)
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}"
@@ -120,7 +120,8 @@ class ConstantInput(nn.Module):
         nn.init.normal_(self.input)
 
     def forward(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        return self.input.to(dtype).expand(batch, -1, -1, -1)
+        """A fresh `[batch, C, 4, 4]` tensor (the first styled conv scales its input in place)."""
+        return self.input.to(dtype).repeat(batch, 1, 1, 1)
 
 
 class BiasLeakyReLU(nn.Module):
@@ -169,7 +170,7 @@ class EncoderBlock(nn.Sequential):
         if downsample:
             # Pad 2 on each side: (len(taps) - 2) + (kernel_size - 1) = 4 split evenly (upstream's ConvLayer).
             super().__init__(
-                Blur(pad=(2, 2)),
+                Blur(pad=2),
                 EqualConv2d(in_channels, out_channels, 3, stride=2),
                 BiasLeakyReLU(out_channels),
             )
@@ -178,7 +179,13 @@ class EncoderBlock(nn.Sequential):
 
 
 class ModulatedConv2d(nn.Module):
-    """StyleGAN2's modulated convolution, optionally with 2x upsampling (transposed conv then blur)."""
+    """StyleGAN2's modulated convolution, optionally with 2x upsampling (transposed conv then blur).
+
+    Upstream builds one weight per sample (style x weight, then demodulated). Here the styles scale whichever is
+    smaller, the input channels or the weight, and the caller scales the output channels by `demodulation`:
+    equal in real arithmetic, and a batch shares one convolution in any memory format (upstream's grouped-conv
+    trick needs NCHW and one group per sample).
+    """
 
     def __init__(
         self,
@@ -193,7 +200,7 @@ class ModulatedConv2d(nn.Module):
         super().__init__()
         if upsample:
             # Blur pads of upstream's up-convolution: p = (4 - 2) - (3 - 1) = 0 -> (1, 1); kernel x 2**2.
-            self.blur = Blur(pad=(1, 1), factor=2)
+            self.blur = Blur(pad=1, factor=2)
         self.weight = nn.Parameter(torch.empty(1, out_channels, in_channels, kernel_size, kernel_size))
         # bias_init 1: styles start as the identity modulation (upstream's init).
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
@@ -204,28 +211,30 @@ class ModulatedConv2d(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight)
 
-    def modulated_weight(self, style: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Per-sample weights `[B*out, in, k, k]`, computed in fp32 for accuracy in half precision."""
-        _, out_c, in_c, k, _ = self.weight.shape
-        fan_in = in_c * k * k
-        s = self.modulation(style).float().view(-1, 1, in_c, 1, 1)
-        weight = self.weight.float() * (1.0 / math.sqrt(fan_in)) * s
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4], keepdim=True) + 1e-8)
-        return weight.view(-1, in_c, k, k).to(dtype)
+    def input_scales(self, w: torch.Tensor) -> torch.Tensor:
+        """`[B, in]` fp32: the styles of latent `w` times the equalised-lr weight scale 1/sqrt(fan_in)."""
+        _, _, in_c, k, _ = self.weight.shape
+        return self.modulation(w).float() * (1.0 / math.sqrt(in_c * k * k))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        batch, in_c, height, width = x.shape
-        _, out_c, _, k, _ = self.weight.shape
-        weight = self.modulated_weight(style, x.dtype)
-        x = x.reshape(1, batch * in_c, height, width)
+    def demodulation(self, scales: torch.Tensor) -> torch.Tensor:
+        """`[B, out]` fp32: 1 / |modulated weight| for each output channel, as upstream's demodulation."""
+        weight_sq = self.weight[0].float().square().sum([2, 3])  # [out, in]
+        return torch.rsqrt(scales.square() @ weight_sq.t() + 1e-8)
+
+    def forward(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """Modulated convolution of `x` `[B, in, H, W]` with `scales` `[B, in]`, NOT demodulated.
+
+        May scale `x` in place (pass a tensor you no longer need).
+        """
+        weight = self.weight[0].to(x.dtype)
+        if x.shape[0] == 1 and weight.numel() < x.numel():
+            weight = weight * scales.to(x.dtype).view(1, -1, 1, 1)
+        else:
+            x.mul_(scales.to(x.dtype).view(x.shape[0], -1, 1, 1))
         if self.upsample:
-            # conv_transpose2d wants [in, out/groups, k, k] per group.
-            weight = weight.view(batch, out_c, in_c, k, k).transpose(1, 2).reshape(batch * in_c, out_c, k, k)
-            out = F.conv_transpose2d(x, weight, stride=2, groups=batch)
-            return self.blur(out.view(batch, out_c, *out.shape[2:]))
-        out = F.conv2d(x, weight, padding=k // 2, groups=batch)
-        return out.view(batch, out_c, height, width)
+            # conv_transpose2d wants [in, out, k, k].
+            return self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+        return F.conv2d(x, weight, padding=weight.shape[-1] // 2)
 
     def extra_repr(self) -> str:
         _, out_c, in_c, k, _ = self.weight.shape
@@ -243,12 +252,15 @@ class NoiseInjection(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight)
 
-    def forward(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        return torch.cat((x, feature * self.weight.to(x.dtype)), dim=1)
-
 
 class StyledConv(nn.Module):
-    """Modulated conv -> concat the encoder feature -> bias + leaky ReLU over both halves."""
+    """Modulated conv -> concat the scaled encoder feature -> bias + leaky ReLU over both halves.
+
+    `forward(held, w, feature)` takes its input OUT of the list `held`, so that it owns the only reference (a
+    plain argument stays referenced by `Module.__call__` until the layer returns): the input may be scaled in
+    place, is freed as soon as it has been convolved, or with `reuse_input` receives the result. At 2048 px each
+    activation is 0.25-0.5 GB, and on CPU a fresh one costs more in page faults than the arithmetic on it.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, style_dim: int, *, upsample: bool = False) -> None:
         super().__init__()
@@ -256,8 +268,26 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = BiasLeakyReLU(2 * out_channels)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, style), feature))
+    def forward(
+        self, held: list[torch.Tensor], w: torch.Tensor, feature: torch.Tensor, *, reuse_input: bool = False
+    ) -> torch.Tensor:
+        x = held.pop()
+        batch, out_c = x.shape[0], self.conv.weight.shape[1]
+        scales = self.conv.input_scales(w)
+        y = self.conv(x, scales)
+        out = x if reuse_input else None
+        del x  # before allocating the output
+        if out is None:
+            out = _empty_like_layout(y, (batch, 2 * out_c, *y.shape[2:]))
+        # sqrt(2) * leaky_relu(v) == leaky_relu(sqrt(2) * v), so gain, demodulation / noise weight and bias are
+        # applied while writing each half of the concatenation, and one in-place pass activates it all.
+        gain_bias = (LEAKY_GAIN * self.activate.bias).to(y.dtype).view(1, -1, 1, 1)
+        demod = (LEAKY_GAIN * self.conv.demodulation(scales)).to(y.dtype).view(batch, out_c, 1, 1)
+        torch.addcmul(gain_bias[:, :out_c], y, demod, out=out[:, :out_c])
+        del y
+        noise_gain = (LEAKY_GAIN * self.noise.weight).to(feature.dtype)
+        torch.addcmul(gain_bias[:, out_c:], feature, noise_gain, out=out[:, out_c:])
+        return F.leaky_relu_(out, LEAKY_SLOPE)
 
 
 class ToRGB(nn.Module):
@@ -274,8 +304,21 @@ class ToRGB(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(x, style).add_(self.bias.to(x.dtype))
+    def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        # Per-sample 3 x C weights applied as one batched matrix product over the pixels (no copy of x in
+        # channels-last layout, where it is already [B, H*W, C]).
+        weight = self.conv.weight[0, :, :, 0, 0].float() * self.conv.input_scales(w)[:, None, :]  # [B, 3, C]
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        out = torch.bmm(pixels, weight.to(x.dtype).transpose(1, 2))  # [B, H*W, 3]
+        out = out.view(batch, height, width, 3).permute(0, 3, 1, 2).add_(self.bias.to(x.dtype))
         if skip is not None:
             out.add_(self.upsample(skip))
         return out
+
+
+def _empty_like_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised tensor of `shape` with `x`'s device, dtype and memory format."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)

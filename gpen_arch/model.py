@@ -49,19 +49,26 @@ class StyleDecoder(nn.Module):
             self.to_rgbs.append(ToRGB(2 * out_c, style_dim))
             in_c = out_c
 
-    def forward(self, latent: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        """`latent` [B, style_dim]; `features` the encoder outputs from 4x4 upwards, consumed (emptied) as used."""
-        style = self.style(latent)
-        x = self.input(latent.shape[0], features[0].dtype)
-        x = self.conv1(x, style, features.pop(0))
-        skip = self.to_rgb1(x, style)
+    def forward(
+        self, latent: torch.Tensor, features: list[torch.Tensor], memory_format: torch.memory_format
+    ) -> torch.Tensor:
+        """`latent` [B, style_dim]; `features` the encoder outputs from 4x4 upwards, consumed (emptied) as used;
+        activations are kept in `memory_format` (layers allocate their outputs like their inputs)."""
+        w = self.style(latent)
+        x = self.input(latent.shape[0], features[0].dtype).contiguous(memory_format=memory_format)
+        # The activation lives only in this list, and each styled conv pops it: the previous activation is
+        # freed as soon as it has been convolved (see StyledConv).
+        activation = [x]
+        del x
+        activation.append(self.conv1(activation, w, features.pop(0)))
+        skip = self.to_rgb1(activation[0], w)
         for up_conv, conv, to_rgb in zip(self.convs[::2], self.convs[1::2], self.to_rgbs):
-            # Popping drops our reference, so each encoder feature is freed once its resolution is done.
+            # Popping drops our reference too, so each encoder feature is freed once its resolution is done.
             feature = features.pop(0)
-            x = up_conv(x, style, feature)
-            x = conv(x, style, feature)
+            activation.append(up_conv(activation, w, feature))
+            activation.append(conv(activation, w, feature, reuse_input=True))
             del feature
-            skip = to_rgb(x, style, skip)
+            skip = to_rgb(activation[0], w, skip)
         return skip
 
 
@@ -102,6 +109,9 @@ class GPEN(nn.Module):
             setattr(self, f"ecd{index}", nn.Sequential(stage))
         self.encoder_depth = log_size - 1
         self.final_linear = nn.Sequential(EqualLinear(channels[4] * 4 * 4, style_dim, activate=True))
+        # Layout of the activations; results are the same in either. Set torch.contiguous_format for backends
+        # where channels-last is slow.
+        self.memory_format = torch.channels_last
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> GPEN:
@@ -122,6 +132,9 @@ class GPEN(nn.Module):
                 f"GPEN-{self.size} expects a [B, 3, {self.size}, {self.size}] tensor, got {list(x.shape)}; "
                 f"resize the face crops to {self.size}x{self.size} first"
             )
+        # Channels-last throughout: oneDNN and cuDNN run these convolutions several times faster in it, and the
+        # 1x1 ToRGB becomes a plain matrix product (see layers.ToRGB).
+        x = x.contiguous(memory_format=self.memory_format)
         features = []
         for index in range(self.encoder_depth):
             x = getattr(self, f"ecd{index}")(x)
@@ -129,7 +142,7 @@ class GPEN(nn.Module):
         latent = self.final_linear(x.flatten(1))
         features.reverse()
         del x
-        return self.generator(latent, features)
+        return self.generator(latent, features, self.memory_format)
 
     def extra_repr(self) -> str:
         return (

@@ -37,10 +37,14 @@ def test_intermediate_activations_match_upstream(fixtures_dir):
     reference = torch.load(fixtures_dir / "gpen" / "case_64_intermediates.pt", weights_only=True)
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
+
+    def record(name: str, output: torch.Tensor) -> None:
+        # A copy: the decoder later scales its activations in place. (Returning it would replace the output.)
+        captured[name] = output.clone()
+
     for name in reference["order"]:
         module = modules[name.removesuffix("(w)")]
-        # Clone: later layers work in place on fresh tensors, never on what was recorded.
-        module.register_forward_hook(lambda _m, _i, out, name=name: captured.setdefault(name, out.clone()))
+        module.register_forward_hook(lambda _m, _i, out, name=name: record(name, out))
     with torch.no_grad():
         model(io["input"])
     assert list(captured) == reference["order"]
