@@ -8,7 +8,8 @@ Only this module and `__init__.py` import ComfyUI (`comfy`, `folder_paths`). Soc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +174,8 @@ class GPENFaceDetectorLoader:
 
     def load(self, detector: str) -> tuple[FaceDetector]:
         model_dir = _weights_dir(KNOWN_WEIGHTS[detector].filename)
-        loaded = load_detector(detector, model_dir, device=model_management.get_torch_device(),
+        # Kept on the offload device between runs; the nodes that detect move it to the GPU while they work.
+        loaded = load_detector(detector, model_dir, device=model_management.unet_offload_device(),
                                progress=_download_progress())
         return (loaded,)
 
@@ -229,9 +231,11 @@ class GPENDetectFaces:
         check_image(image, where=where)
         crop_size = gpen_model.size if gpen_model is not None else face_size
         settings = _detect_settings(crop_size, template, score_threshold, order, face_index, max_faces, where)
-        faces = pipeline.detect_faces(
-            image, face_detector, settings, check_interrupted=model_management.throw_exception_if_processing_interrupted
-        )
+        with _detector_on_device(face_detector):
+            faces = pipeline.detect_faces(
+                image, face_detector, settings,
+                check_interrupted=model_management.throw_exception_if_processing_interrupted,
+            )
         _log_faces_found(where, len(faces), image.shape[0], (
             "face_crops holds one black placeholder (so preview and sampler nodes downstream keep working), faces "
             "is empty, and paste-back will pass the image through unchanged"))
@@ -414,11 +418,12 @@ class GPENRestoreFacesOneNode:
         # Sized for a few faces per frame; the restorer halves its batch if memory runs out.
         restore = _bind_restorer(gpen_model, pipeline.MAX_BATCH_SIZE, strength)
         progress = comfy.utils.ProgressBar(image.shape[0])
-        out, mask, restored = pipeline.restore_frames(
-            image, face_detector, restore, detect_settings, paste_settings, parser=parser,
-            on_progress=lambda done, total: progress.update_absolute(done, total),
-            check_interrupted=model_management.throw_exception_if_processing_interrupted,
-        )
+        with _detector_on_device(face_detector):
+            out, mask, restored = pipeline.restore_frames(
+                image, face_detector, restore, detect_settings, paste_settings, parser=parser,
+                on_progress=lambda done, total: progress.update_absolute(done, total),
+                check_interrupted=model_management.throw_exception_if_processing_interrupted,
+            )
         _log_faces_found(where, restored, image.shape[0], "the image passes through unchanged, the mask is empty")
         device = model_management.intermediate_device()
         return out.to(device), mask.to(device)
@@ -521,6 +526,16 @@ def _log_faces_found(where: str, faces: int, frames: int, consequence: str) -> N
         logger.warning("%s: no face found in %d frame(s); %s", where, frames, consequence)
     else:
         logger.info("%s: %d face(s) in %d frame(s)", where, faces, frames)
+
+
+@contextmanager
+def _detector_on_device(detector: FaceDetector) -> Iterator[None]:
+    """Run the detector on ComfyUI's torch device, and give the memory back afterwards (also on errors)."""
+    detector.to(model_management.get_torch_device())
+    try:
+        yield
+    finally:
+        detector.to(model_management.unet_offload_device())
 
 
 def _weights_dir(filename: str) -> Path:

@@ -277,6 +277,21 @@ def test_detector_choice_really_changes_the_detector(pack, comfy, monkeypatch):
         load_detector(pack, "yunet")
 
 
+def test_detector_waits_on_the_offload_device_and_works_on_the_torch_device(pack, comfy, grace, monkeypatch):
+    detector = load_detector(pack)
+    moves = []
+    monkeypatch.setattr(detector, "to", lambda device: moves.append(str(device)) or detector)
+    comfy.device = torch.device("meta")  # a device name that cannot be confused with the offload device
+    monkeypatch.setattr(detector, "detect", lambda *args, **kwargs: [])
+    detect(pack, image_batch(grace), detector)
+    assert moves == ["meta", "cpu"]
+    moves.clear()
+    monkeypatch.setattr(detector, "detect", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        detect(pack, image_batch(grace), detector)
+    assert moves == ["meta", "cpu"]  # given back on errors too
+
+
 def test_detect_finds_aligns_and_previews_a_face(pack, grace):
     image = image_batch(grace)
     crops, faces, preview = detect(pack, image, load_detector(pack), face_size=128)
