@@ -1,0 +1,299 @@
+"""Command line: restore every face in image files or folders, through the same pipeline as the ComfyUI nodes.
+
+Run it with the script at the repository root: `python restore_faces.py --input photo.jpg --output out/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from . import pipeline
+from .conversion import frames_to_image
+from .face_utils import (
+    DETECTORS,
+    KNOWN_WEIGHTS,
+    MASK_SHAPES,
+    ORDERS,
+    TEMPLATES,
+    PasteSettings,
+    WeightsUnavailableError,
+    load_detector,
+    load_face_parser,
+    parse_index_spec,
+)
+from .gpen_arch import UnsupportedCheckpointError, load_gpen
+from .gpen_arch.errors import MissingDependencyError
+from .model_files import DETECTION_FOLDER, DOWNLOAD_HINT, RESTORE_FOLDER, find_models, folder_with_file, preferred_model
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what OpenCV reads and writes
+DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression artefacts
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class CommandLineError(Exception):
+    """A problem the user can fix (missing model, bad path); printed without a traceback."""
+
+
+def model_roots(script_dir: Path) -> list[Path]:
+    """Folders that may hold `facerestore_models`/`facedetection`, most specific first: ./models, the ComfyUI
+    this pack is installed in (custom_nodes/<pack>/../../models), ~/ComfyUI/models."""
+    roots = [Path.cwd() / "models", script_dir.parent.parent / "models", Path.home() / "ComfyUI" / "models"]
+    unique: list[Path] = []
+    for root in roots:
+        if root.resolve() not in [r.resolve() for r in unique]:
+            unique.append(root)
+    return unique
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restore_faces.py",
+        description="Restore every face in images with GPEN (the same pipeline as the ComfyUI nodes).",
+        epilog="Example: python restore_faces.py --input photos/ --output restored/ "
+        "--model models/facerestore_models/GPEN-BFR-2048.pth",
+    )
+    parser.add_argument("--input", "-i", nargs="+", required=True, type=Path,
+                        help="image files and/or folders (searched recursively for images)")
+    parser.add_argument("--output", "-o", type=Path, default=Path("restored"),
+                        help="output folder (default: ./restored); a file name if there is exactly one input image")
+    parser.add_argument("--model", "-m", type=Path,
+                        help="GPEN weights (.pth/.pt/.safetensors/.onnx); default: the largest GPEN found in "
+                        "./models/facerestore_models, the ComfyUI this pack is in, or ~/ComfyUI/models")
+    parser.add_argument("--aligned", action="store_true",
+                        help="inputs are already aligned face crops: restore each whole image, no detection")
+    parser.add_argument("--strength", type=float, default=pipeline.DEFAULT_STRENGTH,
+                        help="blend of restored and original face, 0..1 (default 0.8, as upstream GPEN)")
+    parser.add_argument("--detector", choices=DETECTORS, default=DETECTORS[0], help="face detector")
+    parser.add_argument("--detector-dir", type=Path,
+                        help="folder with detector/parser weights (downloaded there if missing); default: a "
+                        "facedetection folder next to the model folder")
+    parser.add_argument("--threshold", type=float, default=0.9, help="detection score threshold (default 0.9)")
+    parser.add_argument("--order", choices=ORDERS, default="largest", help="face order for --face-index")
+    parser.add_argument("--face-index", default="all", help="'all' or positions such as '0' or '0,2'")
+    parser.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image (0 = all)")
+    parser.add_argument("--template", choices=TEMPLATES, default="gpen", help="alignment template")
+    parser.add_argument("--mask-shape", choices=MASK_SHAPES, default="ellipse", help="paste mask shape")
+    parser.add_argument("--erosion", type=float, default=PasteSettings.erosion, help="mask erosion, fraction of the crop")
+    parser.add_argument("--feather", type=float, default=PasteSettings.feather, help="mask feather, fraction of the crop")
+    parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                        help="auto: fp16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log each step")
+    return parser
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+def main(argv: Sequence[str] | None = None, *, script_dir: Path | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 1 some images failed, 2 usage or setup error)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args, script_dir or Path(__file__).resolve().parent)
+    except (CommandLineError, UnsupportedCheckpointError, MissingDependencyError, WeightsUnavailableError,
+            FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, script_dir: Path) -> int:
+    if not 0.0 <= args.strength <= 1.0:
+        raise CommandLineError(f"--strength must be between 0 and 1, got {args.strength}")
+    try:
+        parse_index_spec(args.face_index)
+    except ValueError as exc:
+        raise CommandLineError(f"--face-index: {exc}") from exc
+    jobs = plan_jobs(args.input, args.output)
+    roots = model_roots(script_dir)
+    model_path = args.model or default_model(roots)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    model = load_gpen(model_path)
+    dtype = torch.float32
+    if pipeline.is_torch_gpen(model):
+        dtype = PRECISIONS.get(args.precision, torch.float16 if device.type == "cuda" else torch.float32)
+        model = model.to(device=device, dtype=dtype)
+    logger.info("GPEN-%d from %s on %s (%s)", pipeline.model_size(model), model_path, device, dtype)
+
+    def restore(crops: torch.Tensor, on_face) -> torch.Tensor:
+        return pipeline.restore_crops(model, crops, device=device, dtype=dtype, strength=args.strength,
+                                      batch_size=1, on_face=on_face)
+
+    progress = ProgressLine(len(jobs))
+    failures: list[str] = []
+    if args.aligned:
+        for job in jobs:
+            image = _read_or_record(job.source, failures)
+            if image is not None:
+                restored = restore(frames_to_image([image]), progress.face)
+                write_image(job.target, restored[0].numpy())
+            progress.image_done()
+    else:
+        detector_dir = args.detector_dir or default_detector_dir(roots, model_path, args.detector)
+        detector = load_detector(args.detector, detector_dir, device=device)
+        parser = None
+        if args.mask_shape == "parsing":
+            parser = load_face_parser(args.detector_dir or default_detector_dir(roots, model_path, "parsenet"),
+                                      device=device)
+        detect_settings = pipeline.DetectSettings(
+            crop_size=pipeline.model_size(model), template=args.template, score_threshold=args.threshold,
+            order=args.order, index=args.face_index, max_faces=args.max_faces,
+        )
+        paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
+                                       strength=1.0, color_correction=not args.no_color_correction)
+        for job in jobs:
+            image = _read_or_record(job.source, failures)
+            if image is not None:
+                out, _mask, faces = pipeline.restore_frames(
+                    frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
+                    detect_settings, paste_settings, parser=parser,
+                )
+                if faces == 0:
+                    logger.warning("No face found in %s; written unchanged", job.source)
+                write_image(job.target, out[0].numpy())
+            progress.image_done()
+    progress.finish()
+    if failures:
+        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be read:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
+    """Input images and where each result goes. Folders are searched recursively and mirrored under `output`;
+    results are PNG unless `output` is a single file name with an image extension."""
+    sources: list[tuple[Path, Path]] = []  # (image, path relative to the output folder)
+    for item in inputs:
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise CommandLineError(f"--input {item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            sources.extend((p, p.relative_to(item)) for p in images)
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_SUFFIXES:
+                raise CommandLineError(f"--input {item}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+            sources.append((item, Path(item.name)))
+        else:
+            raise CommandLineError(f"--input {item}: no such file or folder")
+    if len(sources) == 1 and output.suffix.lower() in IMAGE_SUFFIXES:
+        return [Job(sources[0][0], output)]
+    if output.suffix.lower() in IMAGE_SUFFIXES:
+        raise CommandLineError(
+            f"--output {output} is a file name but there are {len(sources)} input images; give a folder instead"
+        )
+    jobs = [Job(source, (output / rel).with_suffix(DEFAULT_OUTPUT_SUFFIX)) for source, rel in sources]
+    targets = [job.target for job in jobs]
+    clashes = sorted({str(t) for t in targets if targets.count(t) > 1})
+    if clashes:
+        raise CommandLineError(f"Several inputs would be written to the same output: {', '.join(clashes)}; "
+                               "rename them or run them separately")
+    return jobs
+
+
+def default_model(roots: Sequence[Path]) -> Path:
+    """The preferred GPEN file (GPEN-BFR-2048 first) in the `facerestore_models` folder of `roots`."""
+    folders = [root / RESTORE_FOLDER for root in roots]
+    models = find_models(folders)
+    if not models:
+        raise CommandLineError(
+            f"No GPEN model given (--model) and none found in {', '.join(str(f) for f in folders)}. "
+            f"{DOWNLOAD_HINT}. Put it in one of those folders or pass --model PATH."
+        )
+    by_name = {str(p): p for p in models}
+    return by_name[preferred_model(by_name)]
+
+
+def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) -> Path:
+    """Where detector (or parser) weights `weights` are: a `facedetection` folder holding the file, next to the
+    model's folder or under `roots`; else the one beside the model's folder (downloaded into it)."""
+    candidates = [model_path.resolve().parent.parent / DETECTION_FOLDER, *(root / DETECTION_FOLDER for root in roots)]
+    return folder_with_file(KNOWN_WEIGHTS[weights].filename, candidates) or candidates[0]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as float32 `[H, W, C]` RGB(A) or grey in [0, 1] (8- and 16-bit files)."""
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise CommandLineError(f"{path}: OpenCV cannot read this file as an image")
+    scale = 65535.0 if data.dtype == np.uint16 else 255.0
+    if data.ndim == 2:
+        data = data[:, :, None]
+    elif data.shape[2] == 3:
+        data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)  # OpenCV boundary: BGR on disk, RGB inside
+    elif data.shape[2] == 4:
+        data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA)
+    return (data.astype(np.float32) / scale).clip(0, 1)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write float `[H, W, C]` RGB(A) or grey in [0, 1] as 8-bit, creating folders as needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    if data.shape[2] == 3:
+        data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
+    elif data.shape[2] == 4:
+        data = cv2.cvtColor(data, cv2.COLOR_RGBA2BGRA)
+    if not cv2.imwrite(str(path), data):
+        raise CommandLineError(f"{path}: OpenCV could not write this file (unsupported extension or no access)")
+
+
+def _read_or_record(path: Path, failures: list[str]) -> np.ndarray | None:
+    try:
+        return read_image(path)
+    except CommandLineError as exc:
+        failures.append(str(exc))
+        return None
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr (images done, faces restored, elapsed time)."""
+
+    WIDTH = 30
+
+    def __init__(self, images: int) -> None:
+        self.images, self.done, self.faces = images, 0, 0
+        self.start = time.monotonic()
+        self.interactive = sys.stderr.isatty()
+
+    def face(self) -> None:
+        self.faces += 1
+        self._draw()
+
+    def image_done(self) -> None:
+        self.done += 1
+        self._draw(force=True)
+
+    def finish(self) -> None:
+        if self.interactive:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def _draw(self, force: bool = False) -> None:
+        filled = round(self.WIDTH * self.done / max(self.images, 1))
+        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.images} images, "
+                f"{self.faces} faces, {time.monotonic() - self.start:.1f}s")
+        if self.interactive:
+            sys.stderr.write("\r" + line)
+        elif force:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()

@@ -1,0 +1,146 @@
+"""The command line on the fixture photos with test-made weights: outputs, defaults, --aligned, errors, and that
+it gives what the nodes give."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from comfy_doubles import REPO_ROOT, import_pack_module
+from nodes_support import DETECTOR, comfy, image_batch, models_dir, pack, read_rgb, save_gpen  # noqa: F401
+
+cli = import_pack_module("cli")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Path:
+    """An empty home and working folder, so no real model folder of this machine is ever found."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    return home
+
+
+def run(args: list[str], home: Path) -> int:
+    return cli.main([str(a) for a in args], script_dir=home / "custom_nodes" / "pack")
+
+
+def base_args(models_dir: Path, *extra: object) -> list[object]:
+    return ["--model", models_dir / "facerestore_models" / "GPEN-BFR-64.pth",
+            "--detector", DETECTOR, "--detector-dir", models_dir / "facedetection", *extra]
+
+
+def read_png(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+
+
+def test_restores_every_image_of_a_folder(models_dir, home, fixtures_dir, capsys):
+    out = home / "out"
+    assert run(["--input", fixtures_dir / "images", "--output", out, *base_args(models_dir)], home) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "grace_hopper.png"]
+    original = read_rgb(fixtures_dir / "images" / "grace_hopper.jpg")
+    restored = read_png(out / "grace_hopper.png")
+    assert restored.shape == original.shape
+    assert np.abs(restored[150:330, 190:340] - original[150:330, 190:340]).mean() > 0.02
+    np.testing.assert_allclose(restored[:40, :40], original[:40, :40], atol=0.5 / 255 + 1e-6)
+    assert "2/2 images, 2 faces" in capsys.readouterr().err
+
+
+def test_gives_what_the_one_node_gives(models_dir, home, fixtures_dir, pack):
+    out = home / "grace.png"
+    source = fixtures_dir / "images" / "grace_hopper.jpg"
+    assert run(["--input", source, "--output", out, "--strength", "0.7", *base_args(models_dir)], home) == 0
+    model = pack.nodes.GPENModelLoader().load("GPEN-BFR-64.pth", "fp32")[0]
+    detector = pack.nodes.GPENFaceDetectorLoader().load(DETECTOR)[0]
+    image, _ = pack.nodes.GPENRestoreFacesOneNode().restore(
+        image_batch(read_rgb(source)), model, detector, strength=0.7, score_threshold=0.9, order="largest",
+        face_index="all", max_faces=0, template="gpen", mask_shape="ellipse", erosion=0.04, feather=0.1,
+        color_correction=True,
+    )
+    np.testing.assert_allclose(read_png(out), image[0].numpy(), atol=0.5 / 255 + 1e-5)
+
+
+def test_finds_the_largest_gpen_in_the_usual_folders(models_dir, home, fixtures_dir, monkeypatch):
+    folder = home / "models" / "facerestore_models"
+    save_gpen(folder / "GPEN-BFR-64.pth", 64)
+    save_gpen(folder / "GPEN-BFR-128.pth", 128)
+    assert cli.default_model(cli.model_roots(home / "custom_nodes" / "pack")) == folder / "GPEN-BFR-128.pth"
+    shutil.copytree(models_dir / "facedetection", home / "models" / "facedetection")
+    crop = home / "crop.png"
+    cv2.imwrite(str(crop), np.full((100, 100, 3), 128, np.uint8))
+    assert run(["--input", crop, "--output", home / "out.png", "--aligned"], home) == 0
+    assert cv2.imread(str(home / "out.png")).shape == (128, 128, 3)  # size read from the weights
+
+
+def test_aligned_crops_are_restored_whole_at_the_models_size(models_dir, home, fixtures_dir):
+    crops = home / "crops"
+    crops.mkdir()
+    face = read_rgb(fixtures_dir / "images" / "grace_hopper.jpg")[100:356, 160:416]
+    cv2.imwrite(str(crops / "face.jpg"), cv2.cvtColor((face * 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    assert run(["--input", crops, "--output", home / "out", "--aligned", "--strength", "1",
+                *base_args(models_dir)], home) == 0
+    restored = read_png(home / "out" / "face.png")
+    assert restored.shape == (64, 64, 3)
+    assert np.abs(restored - cv2.resize(face, (64, 64), interpolation=cv2.INTER_AREA)).mean() > 0.05
+
+
+def test_no_model_anywhere_names_the_folders_and_where_to_download(home, fixtures_dir, capsys):
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png"], home) == 2
+    err = capsys.readouterr().err
+    assert str(home / "models" / "facerestore_models") in err
+    assert str(home / "ComfyUI" / "models" / "facerestore_models") in err
+    assert "GPEN-BFR-512.pth" in err and "--model" in err
+
+
+def test_a_file_that_is_not_gpen_is_a_clear_error(models_dir, home, fixtures_dir, capsys):
+    bad = home / "GFPGANv1.4.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    assert run(["--input", fixtures_dir / "images", "--model", bad], home) == 2
+    assert "Not a GPEN checkpoint" in capsys.readouterr().err
+
+
+def test_missing_input_and_bad_output_are_clear_errors(models_dir, home, fixtures_dir, capsys):
+    assert run(["--input", home / "nowhere.jpg", *base_args(models_dir)], home) == 2
+    assert "nowhere.jpg: no such file or folder" in capsys.readouterr().err
+    assert run(["--input", fixtures_dir / "images", "--output", home / "x.png", *base_args(models_dir)], home) == 2
+    assert "give a folder instead" in capsys.readouterr().err
+    assert run(["--input", fixtures_dir / "images", "--strength", "2", *base_args(models_dir)], home) == 2
+    assert "--strength must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_reported_and_the_others_restored(models_dir, home, fixtures_dir, capsys):
+    folder = home / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
+    (folder / "broken.png").write_bytes(b"not a png")
+    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert (home / "out" / "astronaut.png").is_file() and not (home / "out" / "broken.png").exists()
+    assert "broken.png: OpenCV cannot read" in capsys.readouterr().err
+
+
+def test_images_without_faces_are_written_unchanged(models_dir, home, caplog):
+    blank = home / "wall.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    cv2.imwrite(str(blank), pixels)
+    assert run(["--input", blank, "--output", home / "out", *base_args(models_dir)], home) == 0
+    np.testing.assert_array_equal(cv2.imread(str(home / "out" / "wall.png")), pixels)
+    assert "No face found in" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_script_runs_as_the_readme_says(models_dir, home, fixtures_dir):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "restore_faces.py"), "--input", str(fixtures_dir / "images" / "astronaut.png"),
+         "--output", str(home / "restored.png"), *map(str, base_args(models_dir))],
+        capture_output=True, text=True, cwd=home, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert cv2.imread(str(home / "restored.png")).shape == (512, 512, 3)
+    assert "1/1 images, 1 faces" in result.stderr
