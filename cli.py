@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                         help="auto: fp16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (slow first image, faster after; not for .onnx)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log each step")
     return parser
 
@@ -131,6 +133,8 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     if pipeline.is_torch_gpen(model):
         dtype = PRECISIONS.get(args.precision, torch.float16 if device.type == "cuda" else torch.float32)
         model = model.to(device=device, dtype=dtype)
+        if args.compile:
+            model.compile()
     logger.info("GPEN-%d from %s on %s (%s)", pipeline.model_size(model), model_path, device, dtype)
 
     def restore(crops: torch.Tensor, on_face) -> torch.Tensor:

@@ -127,3 +127,13 @@ def test_new_model_has_upstream_initialisation():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64) * 2 - 1)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_upstream(fixtures_dir):
+    """The `compile` switch of the loader node and the command line: the in-place layers must compile."""
+    model, io = load_case(fixtures_dir, 64)
+    model.compile()
+    with torch.no_grad():
+        out = model(io["input"])
+    assert (out - io["output"]).abs().max().item() <= PARITY_TOLERANCE

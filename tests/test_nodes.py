@@ -17,8 +17,8 @@ from nodes_support import DETECTOR, astronaut, comfy, grace, image_batch, models
 SOCKET_TYPES = {"IMAGE", "MASK", "GPEN_MODEL", "FACE_DETECTOR", "GPEN_FACES"}
 
 
-def load_model(pack, name="GPEN-BFR-64.pth", precision="auto"):
-    return pack.nodes.GPENModelLoader().load(name, precision)[0]
+def load_model(pack, name="GPEN-BFR-64.pth", precision="auto", compile=False):
+    return pack.nodes.GPENModelLoader().load(name, precision, compile)[0]
 
 
 def load_detector(pack, name=DETECTOR):
@@ -121,7 +121,7 @@ def test_model_list_offers_the_largest_gpen_first(pack, comfy):
 
 def test_empty_model_folder_says_where_to_put_and_get_models(pack, comfy):
     shutil.rmtree(comfy.models_dir / "facerestore_models")
-    (options, _), _ = pack.nodes.GPENModelLoader.INPUT_TYPES()["required"].values()
+    options, _ = pack.nodes.GPENModelLoader.INPUT_TYPES()["required"]["model_name"]
     assert options == [pack.nodes.NO_MODELS]
     with pytest.raises(FileNotFoundError) as error:
         load_model(pack, options[0])
@@ -448,3 +448,11 @@ def test_grey_and_rgba_images_keep_their_channels(pack, grace):
     grey = grace.mean(axis=-1, keepdims=True)
     out, mask = one_node(pack, image_batch(grey), model, detector)
     assert out.shape == (1, 600, 512, 1) and mask.any()
+
+
+def test_compile_switch_compiles_the_network_in_place(pack, comfy, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(pack.gpen_arch.GPEN, "compile", lambda self, *a, **k: compiled.append(self), raising=False)
+    model = load_model(pack, compile=True)
+    assert compiled == [model.module]  # the same module the patcher places, so its weights still move with it
+    assert load_model(pack, compile=False) and len(compiled) == 1
