@@ -14,7 +14,7 @@ import torch
 
 from .images import check_image, to_rgb
 from .records import FaceRecord
-from .weights import KNOWN_WEIGHTS, ProgressCallback, resolve_known_weights
+from .weights import KNOWN_WEIGHTS, ProgressCallback, load_state_dict_into, resolve_known_weights
 
 logger = logging.getLogger(__name__)
 
@@ -216,18 +216,7 @@ def _load_retinaface(name: str, path: Path, device: torch.device) -> torch.nn.Mo
         # facexlib builds its ResNet-50 with torchvision's deprecated `pretrained=False` (no download happens).
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")
         net = RetinaFace(network_name=_RETINAFACE_NETWORKS[name], half=False, device=device)
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state_dict, dict) and "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    # Checkpoints saved from nn.DataParallel carry a `module.` prefix on every key.
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    try:
-        net.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path} is not a {name} checkpoint with facexlib's layout ({str(exc).splitlines()[0]}). Expected "
-            f"{KNOWN_WEIGHTS[name].filename} from {KNOWN_WEIGHTS[name].url}."
-        ) from exc
+    load_state_dict_into(net, path, name)
     return net.to(device).eval()
 
 

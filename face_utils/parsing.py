@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .images import check_image, to_rgb
-from .weights import KNOWN_WEIGHTS, ProgressCallback, resolve_known_weights
+from .weights import ProgressCallback, load_state_dict_into, resolve_known_weights
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +93,5 @@ def load_face_parser(
     from facexlib.parsing.parsenet import ParseNet
 
     net = ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=PARSE_CLASSES)
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        net.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path} is not a ParseNet checkpoint with facexlib's layout ({str(exc).splitlines()[0]}). Expected "
-            f"{KNOWN_WEIGHTS['parsenet'].filename} from {KNOWN_WEIGHTS['parsenet'].url}."
-        ) from exc
+    load_state_dict_into(net, path, "parsenet")
     return FaceParser(net.to(torch.device(device)).eval())

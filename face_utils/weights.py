@@ -12,12 +12,15 @@ import hashlib
 import http.client
 import logging
 import os
+import pickle
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +144,31 @@ def resolve_known_weights(
     except KeyError:
         raise ValueError(f"Unknown weights {key!r}; expected one of {sorted(KNOWN_WEIGHTS)}") from None
     return resolve_weights(spec.filename, model_dir, url=spec.url, sha256=spec.sha256, progress=progress)
+
+
+def load_state_dict_into(net: torch.nn.Module, path: Path, key: str) -> torch.nn.Module:
+    """Load the weights at `path` (plain tensors only, `weights_only=True`) strictly into `net`, facexlib's
+    network for the `KNOWN_WEIGHTS[key]` file; unwraps a `state_dict` container and a DataParallel `module.`
+    prefix. Raises ValueError naming the expected file and its address when the file does not fit."""
+    spec = KNOWN_WEIGHTS[key]
+    expected = f"Expected {spec.filename} from {spec.url}."
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(
+            f"{path} cannot be read as plain weights (truncated, corrupt, or a pickle needing code, which is never "
+            f"run). {expected}"
+        ) from exc
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path} is not a {key} checkpoint with facexlib's layout ({str(exc).splitlines()[0]}). {expected}"
+        ) from exc
+    return net
 
 
 def _download(

@@ -442,5 +442,5 @@ def test_real_parsenet_forward(tmp_path, detected):
 
 def test_parser_refuses_a_wrong_checkpoint(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "parsing_parsenet.pth")
-    with pytest.raises(ValueError, match="not a ParseNet checkpoint"):
+    with pytest.raises(ValueError, match="not a parsenet checkpoint"):
         load_face_parser(tmp_path)
