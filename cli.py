@@ -228,9 +228,13 @@ def default_model(roots: Sequence[Path]) -> Path:
 
 
 def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) -> Path:
-    """Where detector (or parser) weights `weights` are: a `facedetection` folder holding the file, next to the
-    model's folder or under `roots`; else the one beside the model's folder (downloaded into it)."""
-    candidates = [model_path.resolve().parent.parent / DETECTION_FOLDER, *(root / DETECTION_FOLDER for root in roots)]
+    """Where detector (or parser) weights `weights` are: a `facedetection` folder holding the file, beside the
+    model's folder when that is a `facerestore_models` folder (a ComfyUI layout), else under `roots`. When none
+    holds it, the first of those, where it is then downloaded."""
+    model_folder = model_path.resolve().parent
+    candidates = [root / DETECTION_FOLDER for root in roots]
+    if model_folder.name == RESTORE_FOLDER:
+        candidates.insert(0, model_folder.parent / DETECTION_FOLDER)
     return folder_with_file(KNOWN_WEIGHTS[weights].filename, candidates) or candidates[0]
 
 

@@ -144,3 +144,15 @@ def test_the_script_runs_as_the_readme_says(models_dir, home, fixtures_dir):
     assert result.returncode == 0, result.stderr
     assert cv2.imread(str(home / "restored.png")).shape == (512, 512, 3)
     assert "1/1 images, 1 faces" in result.stderr
+
+
+def test_detector_weights_go_beside_the_model_folder_or_into_models(tmp_path):
+    roots = [tmp_path / "cwd" / "models", tmp_path / "home" / "ComfyUI" / "models"]
+    comfy_model = tmp_path / "ComfyUI" / "models" / "facerestore_models" / "GPEN-BFR-2048.pth"
+    assert cli.default_detector_dir(roots, comfy_model, DETECTOR) == tmp_path / "ComfyUI" / "models" / "facedetection"
+    loose_model = tmp_path / "downloads" / "GPEN-BFR-2048.pth"  # not a ComfyUI layout: never ../facedetection
+    assert cli.default_detector_dir(roots, loose_model, DETECTOR) == roots[0] / "facedetection"
+    weights = roots[1] / "facedetection" / "detection_mobilenet0.25_Final.pth"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    assert cli.default_detector_dir(roots, loose_model, DETECTOR) == roots[1] / "facedetection"  # found there
