@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what OpenCV reads and writes
 DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression artefacts
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # formats OpenCV writes with 16 bits per channel
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -123,6 +124,15 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         parse_index_spec(args.face_index)
     except ValueError as exc:
         raise CommandLineError(f"--face-index: {exc}") from exc
+    if not 0.0 < args.threshold <= 1.0:
+        raise CommandLineError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if args.max_faces < 0:
+        raise CommandLineError(f"--max-faces must be 0 (no limit) or more, got {args.max_faces}")
+    try:
+        paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
+                                       strength=1.0, color_correction=not args.no_color_correction)
+    except ValueError as exc:
+        raise CommandLineError(f"--erosion/--feather: {exc}") from exc
     jobs = plan_jobs(args.input, args.output)
     roots = model_roots(script_dir)
     model_path = args.model or default_model(roots)
@@ -145,10 +155,15 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     failures: list[str] = []
     if args.aligned:
         for job in jobs:
-            image = _read_or_record(job.source, failures)
-            if image is not None:
-                restored = restore(frames_to_image([image]), progress.face)
-                write_image(job.target, restored[0].numpy())
+            read = _read_or_record(job.source, failures)
+            if read is not None:
+                image, depth = read
+                try:
+                    restored = restore(frames_to_image([image]), progress.face)
+                except pipeline.FaceInputError as exc:  # not a square crop: this image fails, the others go on
+                    failures.append(f"{job.source}: {exc}")
+                else:
+                    write_image(job.target, restored[0].numpy(), depth)
             progress.image_done()
     else:
         detector_dir = args.detector_dir or default_detector_dir(roots, model_path, args.detector)
@@ -161,22 +176,21 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
             crop_size=pipeline.model_size(model), template=args.template, score_threshold=args.threshold,
             order=args.order, index=args.face_index, max_faces=args.max_faces,
         )
-        paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
-                                       strength=1.0, color_correction=not args.no_color_correction)
         for job in jobs:
-            image = _read_or_record(job.source, failures)
-            if image is not None:
+            read = _read_or_record(job.source, failures)
+            if read is not None:
+                image, depth = read
                 out, _mask, faces = pipeline.restore_frames(
                     frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
                     detect_settings, paste_settings, parser=parser,
                 )
                 if faces == 0:
                     logger.warning("No face found in %s; written unchanged", job.source)
-                write_image(job.target, out[0].numpy())
+                write_image(job.target, out[0].numpy(), depth)
             progress.image_done()
     progress.finish()
     if failures:
-        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be read:", file=sys.stderr)
+        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be restored:", file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return 1
@@ -238,25 +252,35 @@ def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) 
     return folder_with_file(KNOWN_WEIGHTS[weights].filename, candidates) or candidates[0]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as float32 `[H, W, C]` RGB(A) or grey in [0, 1] (8- and 16-bit files)."""
+def read_image(path: Path) -> tuple[np.ndarray, int]:
+    """An image file as float32 `[H, W, C]` RGB(A) or grey in [0, 1], upright (EXIF orientation applied), and
+    the bit depth to write results in: 16 for 16-bit and floating-point files, else 8."""
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
         raise CommandLineError(f"{path}: OpenCV cannot read this file as an image")
-    scale = 65535.0 if data.dtype == np.uint16 else 255.0
+    if data.ndim == 2 or data.shape[2] != 4:
+        # IMREAD_UNCHANGED ignores EXIF orientation (phone photos would come out sideways); without an alpha
+        # channel to keep, read again the way that applies it.
+        data = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    depth = 16 if data.dtype in (np.uint16, np.float32, np.float64) else 8
+    scale = {np.dtype(np.uint16): 65535.0, np.dtype(np.uint8): 255.0}.get(data.dtype, 1.0)
     if data.ndim == 2:
         data = data[:, :, None]
     elif data.shape[2] == 3:
         data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)  # OpenCV boundary: BGR on disk, RGB inside
     elif data.shape[2] == 4:
         data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA)
-    return (data.astype(np.float32) / scale).clip(0, 1)
+    return (data.astype(np.float32) / scale).clip(0, 1), depth
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write float `[H, W, C]` RGB(A) or grey in [0, 1] as 8-bit, creating folders as needed."""
+def write_image(path: Path, image: np.ndarray, depth: int = 8) -> None:
+    """Write float `[H, W, C]` RGB(A) or grey in [0, 1], creating folders as needed: 16-bit when `depth` is 16
+    and the format has it (PNG, TIFF), else 8-bit."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    if depth == 16 and path.suffix.lower() in SIXTEEN_BIT_SUFFIXES:
+        data = np.clip(np.rint(image * 65535.0), 0, 65535).astype(np.uint16)
+    else:
+        data = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     if data.shape[2] == 3:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
     elif data.shape[2] == 4:
@@ -265,7 +289,7 @@ def write_image(path: Path, image: np.ndarray) -> None:
         raise CommandLineError(f"{path}: OpenCV could not write this file (unsupported extension or no access)")
 
 
-def _read_or_record(path: Path, failures: list[str]) -> np.ndarray | None:
+def _read_or_record(path: Path, failures: list[str]) -> tuple[np.ndarray, int] | None:
     try:
         return read_image(path)
     except CommandLineError as exc:

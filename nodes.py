@@ -55,6 +55,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NO_MODELS = "(no model files in models/facerestore_models)"
 # The face parser used by the "parsing" mask shape (facexlib's ParseNet, as upstream GPEN uses).
 PARSER_WEIGHTS = "parsenet"
+# Device memory freed through ComfyUI before the face detector or parser goes on the GPU: RetinaFace-R50's
+# 105 MB of weights plus its activations on a 1024 px image, with headroom (ParseNet at 512 px needs less).
+DETECTOR_MEMORY_BYTES = 1536 * 2**20
 
 # Widget definitions shared by several nodes, so the same setting looks and behaves the same everywhere.
 FACE_SIZE = ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64, "tooltip": (
@@ -497,12 +500,13 @@ def _bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> pipeli
         device = model_management.get_torch_device()
         batch_size = 1
     else:
-        device = gpen_model.patcher.load_device
         per_face = pipeline.face_memory_bytes(gpen_model.size, gpen_model.dtype)
         # GPEN's layers are plain torch modules (no ComfyUI weight casting), so the model must be fully loaded.
         model_management.load_models_gpu([gpen_model.patcher], memory_required=per_face, force_full_load=True)
+        # Run where the weights are: with --novram ComfyUI leaves them on the offload device.
+        device = next(gpen_model.module.parameters()).device
         batch_size = pipeline.batch_size_for(
-            gpen_model.size, gpen_model.dtype, model_management.get_free_memory(device), faces
+            gpen_model.size, gpen_model.dtype, model_management.get_free_memory(device), faces, device=device
         )
 
     def restore(crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
@@ -536,7 +540,10 @@ def _log_faces_found(where: str, faces: int, frames: int, consequence: str) -> N
 @contextmanager
 def _detector_on_device(detector: FaceDetector) -> Iterator[None]:
     """Run the detector on ComfyUI's torch device, and give the memory back afterwards (also on errors)."""
-    detector.to(model_management.get_torch_device())
+    device = model_management.get_torch_device()
+    # Room for the detector outside ComfyUI's model list (weights and activations of a 1024 px detection).
+    model_management.free_memory(DETECTOR_MEMORY_BYTES, device)
+    detector.to(device)
     try:
         yield
     finally:
@@ -551,7 +558,9 @@ def _weights_dir(filename: str) -> Path:
 
 def _load_parser() -> FaceParser:
     model_dir = _weights_dir(KNOWN_WEIGHTS[PARSER_WEIGHTS].filename)
-    return load_face_parser(model_dir, device=model_management.get_torch_device(), progress=_download_progress())
+    device = model_management.get_torch_device()
+    model_management.free_memory(DETECTOR_MEMORY_BYTES, device)
+    return load_face_parser(model_dir, device=device, progress=_download_progress())
 
 
 def _download_progress() -> Callable[[int, int | None], None]:

@@ -92,9 +92,12 @@ def face_memory_bytes(size: int, dtype: torch.dtype) -> int:
     return int(ACTIVATION_BYTES_FACTOR * elements * itemsize)
 
 
-def batch_size_for(size: int, dtype: torch.dtype, free_bytes: int, faces: int) -> int:
+def batch_size_for(size: int, dtype: torch.dtype, free_bytes: int, faces: int, *, device: torch.device) -> int:
     """How many faces to restore at once: what fits in `FREE_MEMORY_SHARE` of `free_bytes`, 1 to
-    `MAX_BATCH_SIZE`, never more than `faces`."""
+    `MAX_BATCH_SIZE`, never more than `faces`; always 1 on the CPU, where batches are no faster per face and
+    would only delay progress and interruption."""
+    if device.type == "cpu":
+        return 1
     fits = int(free_bytes * FREE_MEMORY_SHARE) // max(face_memory_bytes(size, dtype), 1)
     return max(1, min(fits, MAX_BATCH_SIZE, max(faces, 1)))
 
@@ -131,7 +134,7 @@ def restore_crops(
         raise ValueError(f"strength must be in 0..1, got {strength}")
     size = model_size(model)
     if not is_torch_gpen(model):
-        device, dtype = torch.device("cpu"), torch.float32
+        dtype = torch.float32  # onnxruntime runs the graph's fp32; on CUDA when the input is there
     results: list[torch.Tensor] = []
     start = 0
     batch_size = max(1, batch_size)
@@ -148,6 +151,11 @@ def restore_crops(
                 batch_size //= 2
                 logger.warning("Out of memory restoring faces; retrying with %d face(s) per batch", batch_size)
                 continue
+            if not torch.isfinite(output).all():
+                raise FloatingPointError(
+                    f"GPEN produced NaN or infinite values in {dtype} on {device}: the model overflowed in this "
+                    "precision. Load it with precision fp32 (or bf16 on GPUs that support it)."
+                )
             restored = model_output_to_crops(output)
             del output
             if strength < 1.0:

@@ -13,6 +13,7 @@ import http.client
 import logging
 import os
 import pickle
+import zipfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -154,13 +155,15 @@ def load_state_dict_into(net: torch.nn.Module, path: Path, key: str) -> torch.nn
     expected = f"Expected {spec.filename} from {spec.url}."
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(
             f"{path} cannot be read as plain weights (truncated, corrupt, or a pickle needing code, which is never "
             f"run). {expected}"
         ) from exc
     if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict. {expected}")
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     try:
         net.load_state_dict(state_dict, strict=True)

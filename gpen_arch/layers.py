@@ -93,11 +93,14 @@ class EqualLinear(nn.Module):
         nn.init.constant_(self.bias, self.bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Computed in `x`'s dtype (the network passes latents and styles in fp32: they are tiny, and the
+        mapping network's weights are scaled by 100 before `lr_mul` brings them back)."""
         scale = self.lr_mul / math.sqrt(self.weight.shape[1])
+        weight = self.weight.to(x.dtype) * scale
+        bias = self.bias.to(x.dtype) * self.lr_mul
         if self.activate:
-            out = F.linear(x, self.weight * scale)
-            return LEAKY_GAIN * F.leaky_relu(out + self.bias * self.lr_mul, LEAKY_SLOPE)
-        return F.linear(x, self.weight * scale, self.bias * self.lr_mul)
+            return LEAKY_GAIN * F.leaky_relu(F.linear(x, weight) + bias, LEAKY_SLOPE)
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, activate={self.activate}"
@@ -214,7 +217,7 @@ class ModulatedConv2d(nn.Module):
     def input_scales(self, w: torch.Tensor) -> torch.Tensor:
         """`[B, in]` fp32: the styles of latent `w` times the equalised-lr weight scale 1/sqrt(fan_in)."""
         _, _, in_c, k, _ = self.weight.shape
-        return self.modulation(w).float() * (1.0 / math.sqrt(in_c * k * k))
+        return self.modulation(w.float()) * (1.0 / math.sqrt(in_c * k * k))
 
     def demodulation(self, scales: torch.Tensor) -> torch.Tensor:
         """`[B, out]` fp32: 1 / |modulated weight| for each output channel, as upstream's demodulation."""

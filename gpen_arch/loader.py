@@ -17,7 +17,7 @@ from .model import GPEN
 
 logger = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+TORCH_SUFFIXES = (".pth", ".pt")
 # Wrappers seen around GPEN state dicts, most inference-worthy first: training checkpoints hold the EMA
 # generator as `g_ema` (rosinality-style) or `params_ema` (BasicSR-style) next to the raw weights.
 CONTAINER_KEYS = ("g_ema", "params_ema", "params", "state_dict")
@@ -29,7 +29,7 @@ TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError,
 def load_gpen(path: str | Path) -> nn.Module:
     """Load a GPEN model from `path`, in eval mode, on the CPU.
 
-    `.pth`/`.pt`/`.ckpt`/`.bin` are read with `torch.load(weights_only=True)` (no code in the file ever runs),
+    `.pth`/`.pt` are read with `torch.load(weights_only=True)` (no code in the file ever runs),
     `.safetensors` with safetensors, `.onnx` through onnxruntime (an optional dependency). Hyperparameters come
     from the weights. The result takes `[B, 3, S, S]` RGB in [-1, 1] and returns the same shape; `.size` is S.
     Raises `UnsupportedCheckpointError` for anything that is not a usable GPEN file.

@@ -54,7 +54,7 @@ class StyleDecoder(nn.Module):
     ) -> torch.Tensor:
         """`latent` [B, style_dim]; `features` the encoder outputs from 4x4 upwards, consumed (emptied) as used;
         activations are kept in `memory_format` (layers allocate their outputs like their inputs)."""
-        w = self.style(latent)
+        w = self.style(latent.float())
         x = self.input(latent.shape[0], features[0].dtype).contiguous(memory_format=memory_format)
         # The activation lives only in this list, and each styled conv pops it: the previous activation is
         # freed as soon as it has been convolved (see StyledConv).
@@ -139,7 +139,8 @@ class GPEN(nn.Module):
         for index in range(self.encoder_depth):
             x = getattr(self, f"ecd{index}")(x)
             features.append(x)
-        latent = self.final_linear(x.flatten(1))
+        # The latent path is tiny and runs in fp32 whatever the network's dtype (no fp16 overflow there).
+        latent = self.final_linear(x.flatten(1).float())
         features.reverse()
         del x
         return self.generator(latent, features, self.memory_format)

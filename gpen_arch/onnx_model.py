@@ -37,12 +37,13 @@ class OnnxGPEN(nn.Module):
         if (
             len(inputs) != 1
             or len(outputs) != 1
+            or inputs[0].type != "tensor(float)"
             or size not in VALID_SIZES
             or any(len(shape) != 4 or shape[1:] != expected[1:] for shape in shapes)
         ):
-            found = ", ".join(f"{node.name} {list(node.shape)}" for node in (*inputs, *outputs))
+            found = ", ".join(f"{node.name} {node.type} {list(node.shape)}" for node in (*inputs, *outputs))
             raise UnsupportedCheckpointError(
-                f"{self.path.name}: expected a GPEN ONNX graph with one input and one output of shape "
+                f"{self.path.name}: expected a GPEN ONNX graph with one float32 input and one output of shape "
                 f"[N, 3, S, S] (S a power of two up to 2048), found {found}. {WHERE_TO_GET}."
             )
         self.size = int(size)

@@ -45,6 +45,8 @@ class ComfyDoubles:
     use_fp16: bool = False
     use_bf16: bool = False
     interrupt_after_checks: int | None = None  # raise on the (n+1)-th interruption check
+    novram: bool = False  # like --novram: load_models_gpu leaves the weights on the offload device
+    free_memory_calls: list[tuple[int, torch.device]] = field(default_factory=list)
     # Folders other packs or extra_model_paths.yaml registered before ours: name -> (paths, extensions).
     registered_before: dict[str, tuple[list[str], set[str]]] = field(default_factory=dict)
     load_calls: list[dict] = field(default_factory=list)
@@ -69,8 +71,13 @@ class ComfyDoubles:
             doubles.load_calls.append({"models": list(models), "memory_required": memory_required,
                                        "force_full_load": force_full_load})
             for patcher in models:
-                patcher.model.to(patcher.load_device)
+                if not doubles.novram:
+                    patcher.model.to(patcher.load_device)
                 patcher.loaded = True
+
+        def free_memory(memory_required, device, keep_loaded=()):
+            doubles.free_memory_calls.append((memory_required, device))
+            return []
 
         def get_free_memory(dev=None, torch_free_too=False):
             return (doubles.free_memory, doubles.free_memory) if torch_free_too else doubles.free_memory
@@ -92,6 +99,7 @@ class ComfyDoubles:
         mm.intermediate_device = lambda: torch.device("cpu")
         mm.load_models_gpu = load_models_gpu
         mm.get_free_memory = get_free_memory
+        mm.free_memory = free_memory
         mm.should_use_fp16 = should_use_fp16
         mm.should_use_bf16 = should_use_bf16
         mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted

@@ -156,3 +156,43 @@ def test_detector_weights_go_beside_the_model_folder_or_into_models(tmp_path):
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
     assert cli.default_detector_dir(roots, loose_model, DETECTOR) == roots[1] / "facedetection"  # found there
+
+
+def test_sixteen_bit_images_stay_sixteen_bit_and_untouched_where_no_face_is(models_dir, home):
+    ramp = np.linspace(0, 65535, 96 * 128, dtype=np.float64).reshape(96, 128)
+    image = np.stack([ramp, ramp[::-1], np.full_like(ramp, 1234)], axis=-1).round().astype(np.uint16)
+    cv2.imwrite(str(home / "deep.png"), image)
+    assert run(["--input", home / "deep.png", "--output", home / "out.png", *base_args(models_dir)], home) == 0
+    written = cv2.imread(str(home / "out.png"), cv2.IMREAD_UNCHANGED)
+    assert written.dtype == np.uint16 and np.array_equal(written, image)  # no face: every value kept
+
+
+def test_exif_orientation_is_applied(home):
+    from PIL import Image
+
+    pixels = np.zeros((40, 80, 3), np.uint8)
+    pixels[:, :40] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(home / "phone.jpg", exif=exif)
+    image, depth = cli.read_image(home / "phone.jpg")
+    assert image.shape == (80, 40, 3) and depth == 8  # upright, as a viewer shows it
+    assert image[:35].mean() > 0.9 and image[45:].mean() < 0.1  # the white half is now on top
+
+
+@pytest.mark.parametrize(("option", "value"), [("--erosion", "0.6"), ("--feather", "0.9"), ("--threshold", "1.5"),
+                                               ("--max-faces", "-1")])
+def test_bad_settings_are_refused_before_anything_is_loaded(home, fixtures_dir, capsys, option, value):
+    # No model exists anywhere: if the settings were checked after loading, the error would be about the model.
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png", option, value], home) == 2
+    assert option in capsys.readouterr().err
+
+
+def test_a_non_square_crop_with_aligned_fails_alone(models_dir, home, capsys):
+    crops = home / "crops"
+    crops.mkdir()
+    cv2.imwrite(str(crops / "a_wide.png"), np.full((64, 100, 3), 128, np.uint8))
+    cv2.imwrite(str(crops / "b_square.png"), np.full((64, 64, 3), 128, np.uint8))
+    assert run(["--input", crops, "--output", home / "out", "--aligned", *base_args(models_dir)], home) == 1
+    assert (home / "out" / "b_square.png").is_file() and not (home / "out" / "a_wide.png").exists()
+    assert "a_wide.png" in capsys.readouterr().err

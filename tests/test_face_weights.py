@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import hashlib
 import http.server
 import shutil
@@ -133,7 +135,7 @@ def test_known_weights_are_official_and_pinned():
     assert set(KNOWN_WEIGHTS) == {"retinaface_resnet50", "retinaface_mobile0.25", "yunet", "parsenet"}
     for spec in KNOWN_WEIGHTS.values():
         assert spec.url.startswith("https://") and spec.url.endswith(spec.filename)
-        assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
+        assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.sha256  # a full lower-case SHA-256
 
 
 def test_detector_is_downloaded_on_first_use(server, tmp_path, fixtures_dir, monkeypatch):

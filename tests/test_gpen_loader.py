@@ -104,27 +104,30 @@ def test_onnx_fixture_matches_upstream_for_any_batch(fixtures_dir):
     assert half.dtype == torch.bfloat16
 
 
-def make_onnx(path, input_shape, output_shape) -> None:
+def make_onnx(path, input_shape, output_shape, elem_type: str = "FLOAT") -> None:
     import onnx
     from onnx import TensorProto, helper
 
+    dtype = getattr(TensorProto, elem_type)
     graph = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["output"])],
         "not_gpen",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)],
+        [helper.make_tensor_value_info("input", dtype, input_shape)],
+        [helper.make_tensor_value_info("output", dtype, output_shape)],
     )
     # IR version 10: what onnxruntime of the pinned test stack reads (the fixture's exporter wrote the same).
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
 
 
 @pytest.mark.parametrize(
-    ("input_shape", "output_shape"),
-    [([1, 3, 64, 48], [1, 3, 64, 48]), ([1, 4, 64, 64], [1, 4, 64, 64]), ([1, 3, 100, 100], [1, 3, 100, 100])],
+    ("input_shape", "output_shape", "elem_type"),
+    [([1, 3, 64, 48], [1, 3, 64, 48], "FLOAT"), ([1, 4, 64, 64], [1, 4, 64, 64], "FLOAT"),
+     ([1, 3, 100, 100], [1, 3, 100, 100], "FLOAT"), ([1, 3, 64, 64], [1, 3, 64, 64], "FLOAT16")],
 )
-def test_onnx_graph_of_wrong_shape_is_refused(tmp_path, input_shape, output_shape):
-    make_onnx(tmp_path / "other.onnx", input_shape, output_shape)
-    with pytest.raises(UnsupportedCheckpointError, match=r"expected a GPEN ONNX graph.*\[N, 3, S, S\].*found"):
+def test_onnx_graph_of_wrong_shape_is_refused(tmp_path, input_shape, output_shape, elem_type):
+    make_onnx(tmp_path / "other.onnx", input_shape, output_shape, elem_type)
+    expected = r"expected a GPEN ONNX graph.*float32.*\[N, 3, S, S\].*found"
+    with pytest.raises(UnsupportedCheckpointError, match=expected):
         load_gpen(tmp_path / "other.onnx")
 
 
@@ -140,6 +143,22 @@ def test_corrupt_onnx_is_refused(tmp_path, fixtures_dir):
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(UnsupportedCheckpointError, match="truncated or not an ONNX model"):
         load_gpen(tmp_path / "cut.onnx")
+
+
+def test_onnx_session_follows_the_input_device_and_is_made_once(monkeypatch, fixtures_dir):
+    import onnxruntime as ort
+
+    model = load_gpen(fixtures_dir / "gpen" / "case_64.onnx")
+    made = []
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort, "InferenceSession",
+        lambda path, providers: made.append(providers) or real_session(path, providers=["CPUExecutionProvider"]),
+    )
+    assert model._session("cuda") is model._session("cuda")
+    assert made == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    assert model._session("cpu") is not model._session("cuda") and len(made) == 1  # the CPU one from loading
 
 
 def test_missing_onnxruntime_is_explained(monkeypatch, fixtures_dir):

@@ -183,6 +183,22 @@ def test_onnx_model_runs_without_a_patcher(pack, comfy, fixtures_dir):
     assert not comfy.load_calls
 
 
+def test_onnx_model_gets_the_torch_device(pack):
+    """onnxruntime picks CUDA from where the input is, so the pipeline must not pin ONNX models to the CPU."""
+    seen = []
+
+    class OnnxLike(torch.nn.Module):
+        size = 64
+
+        def forward(self, x):
+            seen.append((x.device, x.dtype))
+            return torch.zeros(x.shape)
+
+    pack.pipeline.restore_crops(OnnxLike(), torch.rand(1, 64, 64, 3), device=torch.device("meta"),
+                                dtype=torch.float16)
+    assert seen == [(torch.device("meta"), torch.float32)]  # the device kept, the dtype onnxruntime's
+
+
 # --- restore node ----------------------------------------------------------------------------------------------
 
 
@@ -232,16 +248,33 @@ def test_restore_stops_between_faces_when_interrupted(pack, comfy):
 
 
 def test_restore_batches_as_many_faces_as_memory_allows(pack, comfy, monkeypatch):
+    cuda = torch.device("cuda")  # only the decision is tested: no GPU needed
+    per_face = pack.pipeline.face_memory_bytes(64, torch.float32)
+    assert pack.pipeline.batch_size_for(64, torch.float32, 8 << 30, 5, device=cuda) == 5
+    assert pack.pipeline.batch_size_for(64, torch.float32, 2 * per_face, 5, device=cuda) == 1
+    assert pack.pipeline.batch_size_for(64, torch.float32, 8 << 30, 50, device=cuda) == pack.pipeline.MAX_BATCH_SIZE
     model = load_model(pack)
     batches = []
     forward = model.module.forward
     monkeypatch.setattr(model.module, "forward", lambda x: batches.append(x.shape[0]) or forward(x))
     pack.nodes.GPENRestoreFaces().restore(model, torch.rand(5, 64, 64, 3), 0.8)
-    assert batches == [5]
-    comfy.free_memory = 2 * pack.pipeline.face_memory_bytes(64, torch.float32)
-    batches.clear()
-    pack.nodes.GPENRestoreFaces().restore(model, torch.rand(5, 64, 64, 3), 0.8)
-    assert batches == [1, 1, 1, 1, 1]
+    assert batches == [1, 1, 1, 1, 1]  # on the CPU: one face at a time, whatever memory is free
+
+
+def test_restore_runs_where_model_management_left_the_weights(pack, comfy):
+    comfy.device = torch.device("meta")  # the nominal load device, where nothing could run
+    model = load_model(pack)
+    assert model.patcher.load_device == torch.device("meta")
+    comfy.novram = True  # --novram: ComfyUI keeps the weights on the offload device (the CPU here)
+    restored = pack.nodes.GPENRestoreFaces().restore(model, torch.rand(2, 64, 64, 3), 1.0)[0]
+    assert restored.shape == (2, 64, 64, 3) and torch.isfinite(restored).all()
+
+
+def test_model_overflow_raises_instead_of_pasting_garbage(pack, monkeypatch):
+    model = load_model(pack)
+    monkeypatch.setattr(model.module, "forward", lambda x: torch.full_like(x, float("nan")))
+    with pytest.raises(FloatingPointError, match="precision fp32"):
+        pack.nodes.GPENRestoreFaces().restore(model, torch.rand(1, 64, 64, 3), 0.8)
 
 
 def test_inference_failure_raises_instead_of_returning_unrestored_faces(pack, monkeypatch):
@@ -285,6 +318,7 @@ def test_detector_waits_on_the_offload_device_and_works_on_the_torch_device(pack
     monkeypatch.setattr(detector, "detect", lambda *args, **kwargs: [])
     detect(pack, image_batch(grace), detector)
     assert moves == ["meta", "cpu"]
+    assert comfy.free_memory_calls == [(pack.nodes.DETECTOR_MEMORY_BYTES, torch.device("meta"))]  # room first
     moves.clear()
     monkeypatch.setattr(detector, "detect", lambda *args, **kwargs: 1 / 0)
     with pytest.raises(ZeroDivisionError):
