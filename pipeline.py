@@ -270,7 +270,9 @@ def restore_frames(
     `[B, H, W]` and the number of faces restored.
     """
     frames_total = image.shape[0]
-    out_frames, masks = [], []
+    # Results are written frame by frame into these, so a long video is held once more, not twice.
+    out_image = torch.empty(image.shape, dtype=torch.float32)
+    out_mask = torch.zeros(image.shape[:3], dtype=torch.float32)
     done = restored_faces = 0
     frame_end_estimate = frames_total
 
@@ -290,13 +292,12 @@ def restore_frames(
             crops = frames_to_image([warp_face(frame, face) for face in faces])
             restored = restore(crops, face_done)
             frame, mask = paste_faces(frame, list(restored.numpy()), faces, paste_settings, parser=parser)
+            out_mask[frame_index] = torch.from_numpy(mask)
             restored_faces += len(faces)
         else:
-            mask = np.zeros(frame.shape[:2], dtype=np.float32)
             face_done()
-        out_frames.append(frame)
-        masks.append(mask)
-    return frames_to_image(out_frames), masks_to_tensor(masks), restored_faces
+        out_image[frame_index] = torch.from_numpy(frame)
+    return out_image, out_mask, restored_faces
 
 
 def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> None:
