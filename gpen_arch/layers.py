@@ -47,11 +47,14 @@ class Blur(nn.Module):
         self.pad = pad
         self.register_buffer("kernel", fir_kernel(factor))
 
+    def depthwise_weight(self, channels: int, dtype: torch.dtype) -> torch.Tensor:
+        """`[channels, 1, 4, 4]` for a grouped conv2d; upfirdn2d correlates with the flipped kernel, and the flip
+        is kept so that any loaded kernel is honoured."""
+        return self.kernel.flip([0, 1]).to(dtype).expand(channels, 1, -1, -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[1]
-        # upfirdn2d correlates with the flipped kernel; keep the flip so any loaded kernel is honoured.
-        weight = self.kernel.flip([0, 1]).to(x.dtype).expand(channels, 1, -1, -1)
-        return F.conv2d(x, weight, padding=self.pad, groups=channels)
+        weight = self.depthwise_weight(x.shape[1], x.dtype)
+        return F.conv2d(x, weight, padding=self.pad, groups=x.shape[1])
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}"
@@ -68,10 +71,12 @@ class Upsample(nn.Module):
         super().__init__()
         self.register_buffer("kernel", fir_kernel(factor=2))
 
+    def depthwise_weight(self, channels: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.kernel.to(dtype).expand(channels, 1, -1, -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[1]
-        weight = self.kernel.to(x.dtype).expand(channels, 1, -1, -1)
-        return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=channels)
+        weight = self.depthwise_weight(x.shape[1], x.dtype)
+        return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=x.shape[1])
 
 
 class EqualLinear(nn.Module):
@@ -230,15 +235,21 @@ class ModulatedConv2d(nn.Module):
 
         May scale `x` in place (pass a tensor you no longer need).
         """
+        x, weight = self.prepare(x, scales)
+        if self.upsample:
+            # conv_transpose2d wants [in, out, k, k].
+            return self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+        return F.conv2d(x, weight, padding=weight.shape[-1] // 2)
+
+    def prepare(self, x: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(input, weight)` to convolve, the styles folded into whichever is smaller: the weight for a single
+        sample, else `x`, scaled in place."""
         weight = self.weight[0].to(x.dtype)
         if x.shape[0] == 1 and weight.numel() < x.numel():
             weight = weight * scales.to(x.dtype).view(1, -1, 1, 1)
         else:
             x.mul_(scales.to(x.dtype).view(x.shape[0], -1, 1, 1))
-        if self.upsample:
-            # conv_transpose2d wants [in, out, k, k].
-            return self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
-        return F.conv2d(x, weight, padding=weight.shape[-1] // 2)
+        return x, weight
 
     def extra_repr(self) -> str:
         _, out_c, in_c, k, _ = self.weight.shape
@@ -283,12 +294,19 @@ class StyledConv(nn.Module):
         del x  # before allocating the output
         if out is None:
             out = _empty_like_layout(y, (batch, 2 * out_c, *y.shape[2:]))
+        return self.activate_into(out, y, self.conv.demodulation(scales), feature)
+
+    def activate_into(
+        self, out: torch.Tensor, y: torch.Tensor, demod: torch.Tensor, feature: torch.Tensor
+    ) -> torch.Tensor:
+        """Write `leaky_relu(concat(demod * y, noise_weight * feature) + bias) * sqrt(2)` into `out`
+        `[B, 2 * out, H, W]`: `y` is the un-demodulated conv output `[B, out, H, W]`, `demod` `[B, out]`."""
+        out_c = y.shape[1]
         # sqrt(2) * leaky_relu(v) == leaky_relu(sqrt(2) * v), so gain, demodulation / noise weight and bias are
         # applied while writing each half of the concatenation, and one in-place pass activates it all.
         gain_bias = (LEAKY_GAIN * self.activate.bias).to(y.dtype).view(1, -1, 1, 1)
-        demod = (LEAKY_GAIN * self.conv.demodulation(scales)).to(y.dtype).view(batch, out_c, 1, 1)
+        demod = (LEAKY_GAIN * demod).to(y.dtype)[:, :, None, None]
         torch.addcmul(gain_bias[:, :out_c], y, demod, out=out[:, :out_c])
-        del y
         noise_gain = (LEAKY_GAIN * self.noise.weight).to(feature.dtype)
         torch.addcmul(gain_bias[:, out_c:], feature, noise_gain, out=out[:, out_c:])
         return F.leaky_relu_(out, LEAKY_SLOPE)
@@ -309,16 +327,20 @@ class ToRGB(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        # Per-sample 3 x C weights applied as one batched matrix product over the pixels (no copy of x in
-        # channels-last layout, where it is already [B, H*W, C]).
-        weight = self.conv.weight[0, :, :, 0, 0].float() * self.conv.input_scales(w)[:, None, :]  # [B, 3, C]
-        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-        out = torch.bmm(pixels, weight.to(x.dtype).transpose(1, 2))  # [B, H*W, 3]
-        out = out.view(batch, height, width, 3).permute(0, 3, 1, 2).add_(self.bias.to(x.dtype))
+        out = self.rgb(x, self.conv.input_scales(w))
         if skip is not None:
             out.add_(self.upsample(skip))
         return out
+
+    def rgb(self, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """The 1x1 modulated conv plus bias, `[B, 3, H, W]`, for `input_scales` `scales` (no skip)."""
+        batch, channels, height, width = x.shape
+        # Per-sample 3 x C weights applied as one batched matrix product over the pixels (no copy of x in
+        # channels-last layout, where it is already [B, H*W, C]).
+        weight = self.conv.weight[0, :, :, 0, 0].float() * scales[:, None, :]  # [B, 3, C]
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        out = torch.bmm(pixels, weight.to(x.dtype).transpose(1, 2))  # [B, H*W, 3]
+        return out.view(batch, height, width, 3).permute(0, 3, 1, 2).add_(self.bias.to(x.dtype))
 
 
 def _empty_like_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

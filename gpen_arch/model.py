@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .layers import ConstantInput, EncoderBlock, EqualLinear, PixelNorm, StyledConv, ToRGB
+from .stripes import STRIPE_BYTES, last_level_in_stripes, stripe_rows
 
 SIZES = (64, 128, 256, 512, 1024, 2048)  # every resolution the channel table below covers from 4x4 up
 
@@ -48,6 +49,8 @@ class StyleDecoder(nn.Module):
             self.convs.append(StyledConv(2 * out_c, out_c, style_dim))
             self.to_rgbs.append(ToRGB(2 * out_c, style_dim))
             in_c = out_c
+        # The last resolution is computed in bands of rows this many bytes wide (see stripes.py); 0 = whole.
+        self.stripe_bytes = STRIPE_BYTES
 
     def forward(
         self, latent: torch.Tensor, features: list[torch.Tensor], memory_format: torch.memory_format
@@ -62,9 +65,15 @@ class StyleDecoder(nn.Module):
         del x
         activation.append(self.conv1(activation, w, features.pop(0)))
         skip = self.to_rgb1(activation[0], w)
-        for up_conv, conv, to_rgb in zip(self.convs[::2], self.convs[1::2], self.to_rgbs):
+        levels = list(zip(self.convs[::2], self.convs[1::2], self.to_rgbs))
+        for level, (up_conv, conv, to_rgb) in enumerate(levels):
             # Popping drops our reference too, so each encoder feature is freed once its resolution is done.
             feature = features.pop(0)
+            if level == len(levels) - 1 and self.stripe_bytes:
+                batch, channels, size, _ = feature.shape
+                rows = stripe_rows(2 * channels, size, batch, feature.element_size(), self.stripe_bytes)
+                if rows < size:
+                    return last_level_in_stripes(up_conv, conv, to_rgb, activation.pop(), w, feature, skip, rows)
             activation.append(up_conv(activation, w, feature))
             activation.append(conv(activation, w, feature, reuse_input=True))
             del feature

@@ -137,3 +137,27 @@ def test_torch_compile_matches_upstream(fixtures_dir):
     with torch.no_grad():
         out = model(io["input"])
     assert (out - io["output"]).abs().max().item() <= PARITY_TOLERANCE
+
+
+@pytest.mark.parametrize("size", CASES)
+@pytest.mark.parametrize("stripe_bytes", [1, 163_840])
+def test_last_resolution_in_stripes_matches_upstream(fixtures_dir, size, stripe_bytes):
+    """Real models compute their last resolution in bands of rows (the fixtures are too small to by default):
+    forced narrow bands (8 rows; 10 rows, which leaves a short last band) must give upstream's output too."""
+    model, io = load_case(fixtures_dir, size)
+    with torch.no_grad():
+        model.generator.stripe_bytes = 0
+        whole = model(io["input"][:1])
+        model.generator.stripe_bytes = stripe_bytes
+        banded_pair = model(io["input"])
+        banded_one = model(io["input"][:1])
+    assert (banded_pair - io["output"]).abs().max().item() <= PARITY_TOLERANCE
+    assert (banded_one - whole).abs().max().item() <= 1e-6
+
+
+def test_stripe_rows_fit_the_budget():
+    from gpen_arch.stripes import STRIPE_BYTES, stripe_rows
+
+    rows = stripe_rows(32, 2048, 1, 4)  # GPEN-2048's last resolution, fp32
+    assert rows % 2 == 0 and 32 * 2048 * 4 * (rows + 2) <= 1.2 * STRIPE_BYTES and rows >= 32
+    assert stripe_rows(32, 2048, 1, 4, stripe_bytes=1) == 8  # never below 8 rows
