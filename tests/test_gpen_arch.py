@@ -161,3 +161,16 @@ def test_stripe_rows_fit_the_budget():
     rows = stripe_rows(32, 2048, 1, 4)  # GPEN-2048's last resolution, fp32
     assert rows % 2 == 0 and 32 * 2048 * 4 * (rows + 2) <= 1.2 * STRIPE_BYTES and rows >= 32
     assert stripe_rows(32, 2048, 1, 4, stripe_bytes=1) == 8  # never below 8 rows
+
+
+def test_large_models_run_batch_items_one_after_another(fixtures_dir, monkeypatch):
+    import gpen_arch.model
+
+    model, io = load_case(fixtures_dir, 64)
+    monkeypatch.setattr(gpen_arch.model, "SEQUENTIAL_FROM_SIZE", 64)  # as GPEN-2048 does
+    calls = []
+    model.ecd0.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    with torch.no_grad():
+        out = model(io["input"])
+    assert calls == [1, 1]
+    assert (out - io["output"]).abs().max().item() <= PARITY_TOLERANCE
