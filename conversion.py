@@ -36,11 +36,6 @@ def frames_to_image(frames: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(f, dtype=np.float32) for f in frames]))
 
 
-def masks_to_tensor(masks: list[np.ndarray]) -> torch.Tensor:
-    """Stack numpy masks `[H, W]` in [0, 1] into a ComfyUI MASK `[B, H, W]` float32 on the CPU."""
-    return torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))
-
-
 def resize_crops(crops: torch.Tensor, size: int) -> torch.Tensor:
     """Square crops `[N, H, W, C]` (channels last) resized to `[N, size, size, C]`.
 
@@ -54,11 +49,15 @@ def resize_crops(crops: torch.Tensor, size: int) -> torch.Tensor:
     return out.clamp(0, 1).movedim(1, -1)
 
 
+def rgb_crops(crops: torch.Tensor) -> torch.Tensor:
+    """Crops `[N, S, S, C]` (C in {1, 3, 4}) as RGB `[N, S, S, 3]`: alpha dropped, grey repeated (a view)."""
+    return crops[..., :3] if crops.shape[-1] >= 3 else crops.expand(*crops.shape[:-1], 3)
+
+
 def crops_to_model_input(crops: torch.Tensor, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Crops `[N, S, S, C]` in [0, 1] (C in {1, 3, 4}; alpha dropped, grey repeated) to GPEN's `[N, 3, S, S]`
-    in [-1, 1] on `device` as `dtype` (upstream GPEN normalises with mean 0.5 and std 0.5)."""
-    rgb = crops[..., :3] if crops.shape[-1] >= 3 else crops.expand(*crops.shape[:-1], 3)
-    x = rgb.to(device=device, dtype=torch.float32).movedim(-1, 1)
+    """Crops `[N, S, S, C]` in [0, 1] (see `rgb_crops`) to GPEN's `[N, 3, S, S]` in [-1, 1] on `device` as
+    `dtype` (upstream GPEN normalises with mean 0.5 and std 0.5)."""
+    x = rgb_crops(crops).to(device=device, dtype=torch.float32).movedim(-1, 1)
     return (x * 2 - 1).to(dtype)
 
 

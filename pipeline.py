@@ -11,7 +11,6 @@ command line with `.to()`), pass progress and interruption callbacks, and get CP
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,11 +23,21 @@ from .conversion import (
     crops_to_model_input,
     frame_to_numpy,
     frames_to_image,
-    masks_to_tensor,
     model_output_to_crops,
     resize_crops,
+    rgb_crops,
 )
-from .face_utils import FaceDetector, FaceRecord, PasteSettings, align_face, paste_faces, select_faces, warp_face
+from .face_utils import (
+    CanvasMismatchError,
+    FaceDetector,
+    FaceRecord,
+    PasteSettings,
+    align_face,
+    canvas_scale_xy,
+    paste_faces,
+    select_faces,
+    warp_face,
+)
 from .gpen_arch import GPEN
 from .gpen_arch.model import channel_table
 
@@ -159,8 +168,7 @@ def restore_crops(
             restored = model_output_to_crops(output)
             del output
             if strength < 1.0:
-                original = crops_to_model_input(chunk, device=torch.device("cpu"), dtype=torch.float32)
-                restored = strength * restored + (1.0 - strength) * ((original + 1) / 2).movedim(1, -1)
+                restored = torch.lerp(rgb_crops(chunk).float(), restored, strength)
             results.append(restored)
             start += chunk.shape[0]
             if on_face is not None:
@@ -235,7 +243,7 @@ def paste_back(
     by_frame: dict[int, list[int]] = {}
     for position, face in enumerate(faces):
         by_frame.setdefault(face.frame_index, []).append(position)
-    out_frames, masks = [], []
+    out_image, out_mask = _empty_results(image)
     for frame_index in range(image.shape[0]):
         if check_interrupted is not None:
             check_interrupted()
@@ -244,11 +252,9 @@ def paste_back(
         if positions:
             frame_crops = [crops[p].float().cpu().numpy() for p in positions]
             frame, mask = paste_faces(frame, frame_crops, [faces[p] for p in positions], settings, parser=parser)
-        else:
-            mask = np.zeros(frame.shape[:2], dtype=np.float32)
-        out_frames.append(frame)
-        masks.append(mask)
-    return frames_to_image(out_frames), masks_to_tensor(masks)
+            out_mask[frame_index] = torch.from_numpy(mask)
+        out_image[frame_index] = torch.from_numpy(frame)
+    return out_image, out_mask
 
 
 def restore_frames(
@@ -270,9 +276,7 @@ def restore_frames(
     `[B, H, W]` and the number of faces restored.
     """
     frames_total = image.shape[0]
-    # Results are written frame by frame into these, so a long video is held once more, not twice.
-    out_image = torch.empty(image.shape, dtype=torch.float32)
-    out_mask = torch.zeros(image.shape[:3], dtype=torch.float32)
+    out_image, out_mask = _empty_results(image)
     done = restored_faces = 0
     frame_end_estimate = frames_total
 
@@ -303,22 +307,17 @@ def restore_frames(
 def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> None:
     """Raise `FaceInputError` unless every face belongs to a frame of `image` and `image` has the size the faces
     were found at, or that size uniformly scaled (an upscaled copy)."""
-    frames, height, width = image.shape[0], image.shape[1], image.shape[2]
+    frames = image.shape[0]
     for face in faces:
         if face.frame_index >= frames:
             raise FaceInputError(
                 f"A face comes from frame {face.frame_index} but the image has {frames} frame(s); connect the "
                 "image batch the faces were detected on (or an upscaled copy of it)"
             )
-        face_h, face_w = face.image_size_hw
-        scale_y, scale_x = height / face_h, width / face_w
-        # Upscalers round each side to whole pixels; allow one pixel of rounding per side.
-        if not math.isclose(scale_y, scale_x, rel_tol=0, abs_tol=1.0 / min(face_h, face_w)):
-            raise FaceInputError(
-                f"The faces were found on a {face_w}x{face_h} image but this image is {width}x{height}, which is "
-                "not the same picture uniformly scaled; connect the image the faces were detected on, or an "
-                "upscaled copy of it"
-            )
+        try:
+            canvas_scale_xy((image.shape[1], image.shape[2]), face.image_size_hw)
+        except CanvasMismatchError as exc:
+            raise FaceInputError(str(exc)) from exc
 
 
 def draw_faces(frame: np.ndarray, faces: Sequence[FaceRecord]) -> np.ndarray:
@@ -336,6 +335,12 @@ def draw_faces(frame: np.ndarray, faces: Sequence[FaceRecord]) -> np.ndarray:
         cv2.putText(canvas, f"{order}: {face.score:.2f}", (x0, max(y0 - 4 * thickness, 10)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, box_rgb, thickness, cv2.LINE_AA)
     return canvas.astype(np.float32) / 255.0
+
+
+def _empty_results(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IMAGE and (all-zero) MASK a pass over `image` fills frame by frame, on the CPU: written in place, so a
+    long video is held once more, not twice."""
+    return torch.empty(image.shape, dtype=torch.float32), torch.zeros(image.shape[:3], dtype=torch.float32)
 
 
 def _faces_in_frame(

@@ -65,6 +65,8 @@ Paste-back (`face_utils.paste`)
         ones; mask is the union of the face masks (strength excluded). Outside the mask the result is
         bit-identical to the input, and only the rectangle under each crop is computed.
     face_mask_uv(u, v, shape, erosion, feather): the geometric masks in normalised crop coordinates.
+    canvas_scale_xy(canvas_hw, frame_hw): per-axis scale from the detection frame to a canvas; raises
+        CanvasMismatchError unless the canvas is the frame uniformly scaled (up to rounding of its size).
 
 Face parsing (`face_utils.parsing`)
     load_face_parser(model_dir, *, device="cpu", progress=None) -> FaceParser (facexlib's ParseNet,
@@ -83,7 +85,7 @@ from .alignment import TEMPLATES, AlignmentError, align_face, reference_points, 
 from .detection import DETECTORS, ORDERS, FaceDetector, load_detector, parse_index_spec, select_faces
 from .images import ImageFormatError
 from .parsing import FaceParser, load_face_parser
-from .paste import MASK_SHAPES, CanvasMismatchError, PasteSettings, face_mask_uv, paste_faces
+from .paste import MASK_SHAPES, CanvasMismatchError, PasteSettings, canvas_scale_xy, face_mask_uv, paste_faces
 from .records import LANDMARK_NAMES, FaceRecord, FaceRecordError
 from .weights import (
     KNOWN_WEIGHTS,
@@ -113,6 +115,7 @@ __all__ = [
     "WeightsSpec",
     "WeightsUnavailableError",
     "align_face",
+    "canvas_scale_xy",
     "face_mask_uv",
     "load_detector",
     "load_face_parser",

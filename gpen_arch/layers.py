@@ -293,7 +293,7 @@ class StyledConv(nn.Module):
         out = x if reuse_input else None
         del x  # before allocating the output
         if out is None:
-            out = _empty_like_layout(y, (batch, 2 * out_c, *y.shape[2:]))
+            out = empty_like_layout(y, (batch, 2 * out_c, *y.shape[2:]))
         return self.activate_into(out, y, self.conv.demodulation(scales), feature)
 
     def activate_into(
@@ -343,7 +343,7 @@ class ToRGB(nn.Module):
         return out.view(batch, height, width, 3).permute(0, 3, 1, 2).add_(self.bias.to(x.dtype))
 
 
-def _empty_like_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def empty_like_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised tensor of `shape` with `x`'s device, dtype and memory format."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layers import StyledConv, ToRGB
+from .layers import StyledConv, ToRGB, empty_like_layout
 
 # Bytes of one band's widest activation (2 x channels x rows x width): below glibc's largest mmap threshold
 # (32 MiB), so band buffers are recycled by the allocator instead of being faulted in afresh each time.
@@ -57,11 +57,11 @@ def last_level_in_stripes(
     up_weight = up_weight.transpose(0, 1)  # conv_transpose2d wants [in, out, k, k]
     blur = up_conv.conv.blur.depthwise_weight(out_c, x.dtype)
     skip_filter = to_rgb.upsample.depthwise_weight(3, skip.dtype)
-    image = torch.empty((batch, 3, size, size), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    image = empty_like_layout(feature, (batch, 3, size, size))
     # Two band buffers reused by every band: the up-conv's output with one halo row above and below (zero
     # beyond the image, as the 3x3 conv's padding would be), and the styled conv's output.
-    halo_band = _band(x, 2 * out_c, rows + 2, size)
-    band = _band(x, 2 * out_c, rows, size)
+    halo_band = empty_like_layout(feature, (batch, 2 * out_c, rows + 2, size))
+    band = empty_like_layout(feature, (batch, 2 * out_c, rows, size))
 
     for top in range(0, size, rows):
         bottom = min(top + rows, size)
@@ -94,7 +94,3 @@ def last_level_in_stripes(
         image[:, :, top:bottom] = to_rgb.rgb(out, rgb_scales).add_(rows_up)
     return image
 
-
-def _band(like: torch.Tensor, channels: int, rows: int, width: int) -> torch.Tensor:
-    shape = (like.shape[0], channels, rows, width)
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)

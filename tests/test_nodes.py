@@ -409,7 +409,7 @@ def test_paste_refuses_crops_and_faces_of_different_counts(pack, grace):
 
 def test_paste_refuses_faces_from_an_image_of_another_size(pack, grace, astronaut):
     crops, faces, _ = detect(pack, image_batch(grace), load_detector(pack))
-    with pytest.raises(ValueError, match="Paste faces back: .*512x600 image but this image is 512x512"):
+    with pytest.raises(ValueError, match=r"Paste faces back: .*512x600 \(w x h\) image but the canvas is 512x512"):
         paste(pack, image_batch(astronaut), crops, faces)
 
 
