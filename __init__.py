@@ -1,21 +1,28 @@
-"""GPEN face restoration for ComfyUI: registers the model folders and exports the nodes (nothing else at import)."""
+"""GPEN face restoration for ComfyUI.
+
+ComfyUI calls `comfy_entrypoint()`, which registers the model folders and hands it the pack's extension. Importing
+this package does nothing else, so the command line and the tests import it without ComfyUI.
+"""
 
 from __future__ import annotations
 
 import os
 
-try:
+
+async def comfy_entrypoint():
+    """The pack's `ComfyExtension` (ComfyUI's V3 entry point), after registering its model folders."""
     import folder_paths
-except ModuleNotFoundError:
-    # Not inside ComfyUI: pytest imports this file when it collects the repository as a package. There is
-    # nothing to register then; the command line never imports this file.
-    folder_paths = None
 
-# Detector weights are .pth (RetinaFace, ParseNet) or .onnx (YuNet).
-DETECTION_EXTENSIONS = (".pth", ".onnx")
+    from .face_utils.weights import DETECTION_FOLDER, DETECTION_EXTENSIONS
+    from .gpen_arch.files import GPEN_EXTENSIONS, RESTORE_FOLDER
+    from .nodes import GPENExtension
+
+    for name, extensions in ((RESTORE_FOLDER, GPEN_EXTENSIONS), (DETECTION_FOLDER, DETECTION_EXTENSIONS)):
+        _register_model_folder(folder_paths, name, extensions)
+    return GPENExtension()
 
 
-def _register_model_folder(name: str, extensions: tuple[str, ...]) -> None:
+def _register_model_folder(folder_paths, name: str, extensions: tuple[str, ...]) -> None:
     """Make sure `models/<name>` is registered, keeping what ReActor, facerestore_cf or extra_model_paths.yaml
     registered before us (their paths, and an empty extension set, which means "every file")."""
     default = os.path.join(folder_paths.models_dir, name)
@@ -27,16 +34,3 @@ def _register_model_folder(name: str, extensions: tuple[str, ...]) -> None:
         paths.append(default)
     if known:
         folder_paths.folder_names_and_paths[name] = (paths, set(known) | set(extensions))
-
-
-if folder_paths is None:
-    NODE_CLASS_MAPPINGS: dict[str, type] = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-else:
-    from .model_files import DETECTION_FOLDER, GPEN_EXTENSIONS, RESTORE_FOLDER
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-    _register_model_folder(RESTORE_FOLDER, GPEN_EXTENSIONS)
-    _register_model_folder(DETECTION_FOLDER, DETECTION_EXTENSIONS)
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

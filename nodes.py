@@ -20,8 +20,8 @@ import folder_paths
 import torch
 from torch import nn
 
-from . import pipeline
-from .conversion import check_image, frame_to_numpy, frames_to_image
+from .face_utils import pipeline
+from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
 from .face_utils import (
     DETECTORS,
     KNOWN_WEIGHTS,
@@ -37,15 +37,8 @@ from .face_utils import (
     parse_index_spec,
 )
 from .gpen_arch import load_gpen
-from .model_files import (
-    DETECTION_FOLDER,
-    DOWNLOAD_HINT,
-    GPEN_EXTENSIONS,
-    RESTORE_FOLDER,
-    find_models,
-    folder_with_file,
-    preferred_model,
-)
+from .face_utils.weights import DETECTION_FOLDER, folder_with_file
+from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models, preferred_model
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import zipfile
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, "int | None"], None]
 """Called as progress(bytes_done, bytes_total_or_None) while a file downloads."""
 
+# The ComfyUI model folder for detector and face-parser weights, as ReActor and facerestore_cf use it.
+DETECTION_FOLDER = "facedetection"
+DETECTION_EXTENSIONS = (".pth", ".onnx")  # RetinaFace and ParseNet are .pth, YuNet is .onnx
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -134,6 +137,11 @@ def resolve_weights(
         temp_path.unlink(missing_ok=True)
     logger.info("Saved %s (SHA-256 verified)", target)
     return target
+
+
+def folder_with_file(filename: str, folders: Sequence[Path]) -> Path | None:
+    """The first of `folders` that holds `filename`, or None."""
+    return next((folder for folder in folders if (folder / filename).is_file()), None)
 
 
 def resolve_known_weights(

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_package() -> None:
+    """Import the pack once, as the package `comfyui_gpen_restore`, through the command line's own loader; tests
+    import its modules under that name only (the repository root is not on sys.path, so `import gpen_arch`
+    fails instead of loading a second copy)."""
+    spec = importlib.util.spec_from_file_location("restore_faces", REPO_ROOT / "restore_faces.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.load_package()
+
+
+_load_package()
+
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 
 # Two cores here; keep torch's thread pool from oversubscribing them (results do not depend on it).

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from comfy_doubles import ComfyDoubles, import_pack_module, import_pack_with_comfy
+from comfy_doubles import ComfyDoubles, import_pack_with_comfy
+from comfyui_gpen_restore import gpen_arch
 
 # Small random GPENs keep tests to fractions of a second per face (GPEN-2048 takes seconds on a CPU).
 SMALL_GPEN = {"style_dim": 64, "n_mlp": 2, "channel_multiplier": 1, "narrow": 0.125}
@@ -20,7 +21,6 @@ DETECTOR_FILE = "detection_mobilenet0.25_Final.pth"
 
 def save_gpen(path: Path, size: int = 64, seed: int = 0) -> Path:
     """Write a randomly initialised (upstream's init) small GPEN state dict to `path`."""
-    gpen_arch = import_pack_module("gpen_arch")
     torch.manual_seed(seed)
     model = gpen_arch.GPEN(size=size, **SMALL_GPEN)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from comfy_doubles import REPO_ROOT, import_pack_module
+from comfy_doubles import REPO_ROOT
+from comfyui_gpen_restore.face_utils import cli
 from nodes_support import DETECTOR, comfy, image_batch, models_dir, pack, read_rgb, save_gpen  # noqa: F401
 
-cli = import_pack_module("cli")
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from face_utils import TEMPLATES, AlignmentError, FaceRecord, align_face, reference_points, similarity_transform
-from face_utils import warp_face
+from comfyui_gpen_restore.face_utils import TEMPLATES, AlignmentError, FaceRecord, align_face, reference_points, similarity_transform
+from comfyui_gpen_restore.face_utils import warp_face
 
 
 @pytest.fixture(scope="module")

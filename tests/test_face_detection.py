@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from face_utils import DETECTORS, ORDERS, FaceRecord, load_detector, parse_index_spec, select_faces
-from face_utils.images import ImageFormatError
+from comfyui_gpen_restore.face_utils import DETECTORS, ORDERS, FaceRecord, load_detector, parse_index_spec, select_faces
+from comfyui_gpen_restore.face_utils.images import ImageFormatError
 
 IMAGES = ("grace_hopper.jpg", "astronaut.png")
 
@@ -108,7 +108,7 @@ def test_face_cut_by_the_border(detector, fixtures_dir):
 
 def test_no_face_returns_empty_and_logs(detector, fixtures_dir, caplog):
     image = load_rgb(fixtures_dir, "grace_hopper.jpg")
-    with caplog.at_level(logging.INFO, logger="face_utils.detection"):
+    with caplog.at_level(logging.INFO, logger="comfyui_gpen_restore.face_utils.detection"):
         assert detector.detect(np.ascontiguousarray(image[:150, :150])) == []
         assert detector.detect(np.full((200, 300, 1), 0.4, np.float32)) == []
     assert "found no face" in caplog.text
@@ -229,7 +229,7 @@ def test_select_faces_orders_and_ties():
 
 def test_out_of_range_indices_are_ignored_with_a_warning(caplog):
     faces = [_record(10, 10, 50, 0.9), _record(100, 10, 60, 0.9)]
-    with caplog.at_level(logging.WARNING, logger="face_utils.detection"):
+    with caplog.at_level(logging.WARNING, logger="comfyui_gpen_restore.face_utils.detection"):
         chosen = select_faces(faces, order="left_to_right", index="1,5,-3")
     assert chosen == [faces[1]]
     assert "[5, -3]" in caplog.text and "2 face(s)" in caplog.text

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from face_utils import (
+from comfyui_gpen_restore.face_utils import (
     CanvasMismatchError,
     FaceParser,
     FaceRecord,
@@ -24,7 +24,7 @@ from face_utils import (
     reference_points,
     warp_face,
 )
-from face_utils.parsing import FACE_CLASSES, PARSE_CLASSES
+from comfyui_gpen_restore.face_utils.parsing import FACE_CLASSES, PARSE_CLASSES
 
 IMAGES = ("grace_hopper.jpg", "astronaut.png")
 NO_COLOUR = PasteSettings(color_correction=False)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from face_utils import FaceRecord, FaceRecordError, align_face
+from comfyui_gpen_restore.face_utils import FaceRecord, FaceRecordError, align_face
 
 LANDMARKS = ((100.0, 120.0), (140.0, 121.0), (120.0, 145.0), (104.0, 165.0), (137.0, 166.0))
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import face_utils
-from face_utils import ChecksumError, WeightsSpec, WeightsUnavailableError, load_detector, resolve_weights
-from face_utils.weights import KNOWN_WEIGHTS
+from comfyui_gpen_restore import face_utils
+from comfyui_gpen_restore.face_utils import ChecksumError, WeightsSpec, WeightsUnavailableError, load_detector, resolve_weights
+from comfyui_gpen_restore.face_utils.weights import KNOWN_WEIGHTS
 
 PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: several download chunks
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from gpen_arch import GPEN, infer_config, load_gpen
-from gpen_arch.layers import fir_kernel
+from comfyui_gpen_restore.gpen_arch import GPEN, infer_config, load_gpen
+from comfyui_gpen_restore.gpen_arch.layers import fir_kernel
 
 CASES = (64, 128, 256)
 # Upstream fp32 vs fp64 differs by ~3.5e-6 and batch composition by ~3e-6; a wiring error shows as 0.1-5.
@@ -156,7 +156,7 @@ def test_last_resolution_in_stripes_matches_upstream(fixtures_dir, size, stripe_
 
 
 def test_stripe_rows_fit_the_budget():
-    from gpen_arch.stripes import STRIPE_BYTES, stripe_rows
+    from comfyui_gpen_restore.gpen_arch.stripes import STRIPE_BYTES, stripe_rows
 
     rows = stripe_rows(32, 2048, 1, 4)  # GPEN-2048's last resolution, fp32
     assert rows % 2 == 0 and 32 * 2048 * 4 * (rows + 2) <= 1.2 * STRIPE_BYTES and rows >= 32
@@ -164,10 +164,10 @@ def test_stripe_rows_fit_the_budget():
 
 
 def test_large_models_run_batch_items_one_after_another(fixtures_dir, monkeypatch):
-    import gpen_arch.model
+    from comfyui_gpen_restore.gpen_arch import model as gpen_model
 
     model, io = load_case(fixtures_dir, 64)
-    monkeypatch.setattr(gpen_arch.model, "SEQUENTIAL_FROM_SIZE", 64)  # as GPEN-2048 does
+    monkeypatch.setattr(gpen_model, "SEQUENTIAL_FROM_SIZE", 64)  # as GPEN-2048 does
     calls = []
     model.ecd0.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
     with torch.no_grad():

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpen_arch import GPEN, UnsupportedCheckpointError, load_gpen
-from gpen_arch.errors import MissingDependencyError
+from comfyui_gpen_restore.gpen_arch import GPEN, UnsupportedCheckpointError, load_gpen
+from comfyui_gpen_restore.gpen_arch.errors import MissingDependencyError
 
 CONFIG_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "narrow")
 # The published GPEN-BFR configurations (upstream's README and the fixture manifests).

@@ -1,6 +1,6 @@
 """Command line: restore every face in image files or folders, through the same pipeline as the ComfyUI nodes.
 
-Run it with the script at the repository root: `python restore_faces.py --input photo.jpg --output out/`.
+Run it with the script at the pack's root: `python restore_faces.py --input photo.jpg --output out/`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from . import pipeline
 from .conversion import frames_to_image
-from .face_utils import (
+from . import (
     DETECTORS,
     KNOWN_WEIGHTS,
     MASK_SHAPES,
@@ -31,12 +31,14 @@ from .face_utils import (
     load_face_parser,
     parse_index_spec,
 )
-from .gpen_arch import UnsupportedCheckpointError, load_gpen
-from .gpen_arch.errors import MissingDependencyError
-from .model_files import DETECTION_FOLDER, DOWNLOAD_HINT, RESTORE_FOLDER, find_models, folder_with_file, preferred_model
+from ..gpen_arch import UnsupportedCheckpointError, load_gpen
+from ..gpen_arch.errors import MissingDependencyError
+from ..gpen_arch.files import DOWNLOAD_HINT, RESTORE_FOLDER, find_models, preferred_model
+from .weights import DETECTION_FOLDER, folder_with_file
 
 logger = logging.getLogger(__name__)
 
+PACK_DIR = Path(__file__).resolve().parents[1]  # the pack's folder: custom_nodes/<pack> inside a ComfyUI
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what OpenCV reads and writes
 DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression artefacts
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # formats OpenCV writes with 16 bits per channel
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None, *, script_dir: Path | None = None) -
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args, script_dir or Path(__file__).resolve().parent)
+        return _run(args, script_dir or PACK_DIR)
     except (CommandLineError, UnsupportedCheckpointError, MissingDependencyError, WeightsUnavailableError,
             FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

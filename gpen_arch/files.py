@@ -1,4 +1,4 @@
-"""Where GPEN and face-detection weights live, shared by the nodes and the command line (no ComfyUI imports)."""
+"""Where GPEN weights live and which file to offer first, shared by the nodes and the command line."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-# ComfyUI folder names: `facerestore_models` is the one ReActor and facerestore_cf users already fill;
-# `facedetection` holds detector and face-parser weights, as it does for those packs.
+# The ComfyUI model folder ReActor and facerestore_cf users already fill.
 RESTORE_FOLDER = "facerestore_models"
-DETECTION_FOLDER = "facedetection"
 GPEN_EXTENSIONS = (".pth", ".pt", ".safetensors", ".onnx")  # what gpen_arch.load_gpen reads
 
 # Official sources: upstream GPEN's README (GPEN-BFR-256/512 on its OSS bucket; 1024/2048 on ModelScope).
@@ -49,8 +47,3 @@ def find_models(folders: Sequence[Path]) -> list[Path]:
         if folder.is_dir():
             found.extend(sorted(p for p in folder.rglob("*") if p.is_file() and is_gpen_file(p.name)))
     return found
-
-
-def folder_with_file(filename: str, folders: Sequence[Path]) -> Path | None:
-    """The first of `folders` that holds `filename`, or None."""
-    return next((folder for folder in folders if (folder / filename).is_file()), None)

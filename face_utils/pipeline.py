@@ -27,7 +27,7 @@ from .conversion import (
     resize_crops,
     rgb_crops,
 )
-from .face_utils import (
+from . import (
     CanvasMismatchError,
     FaceDetector,
     FaceRecord,
@@ -38,8 +38,8 @@ from .face_utils import (
     select_faces,
     warp_face,
 )
-from .gpen_arch import GPEN
-from .gpen_arch.model import channel_table
+from ..gpen_arch import GPEN
+from ..gpen_arch.model import channel_table
 
 logger = logging.getLogger(__name__)
 
