@@ -6,6 +6,7 @@ Run it with the script at the pack's root: `python restore_faces.py --input phot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -29,10 +30,9 @@ from . import (
     WeightsUnavailableError,
     load_detector,
     load_face_parser,
-    parse_index_spec,
 )
-from ..gpen_arch import UnsupportedCheckpointError, load_gpen
-from ..gpen_arch.errors import MissingDependencyError
+from ..gpen_arch import PRECISIONS, GpenRunner, MissingDependencyError, UnsupportedCheckpointError, check_strength
+from ..gpen_arch.runner import DEFAULT_STRENGTH, CropShapeError
 from ..gpen_arch.files import DOWNLOAD_HINT, RESTORE_FOLDER, find_models, preferred_model
 from .weights import DETECTION_FOLDER, folder_with_file
 
@@ -42,7 +42,6 @@ PACK_DIR = Path(__file__).resolve().parents[1]  # the pack's folder: custom_node
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what OpenCV reads and writes
 DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression artefacts
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # formats OpenCV writes with 16 bits per channel
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CommandLineError(Exception):
@@ -76,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "./models/facerestore_models, the ComfyUI this pack is in, or ~/ComfyUI/models")
     parser.add_argument("--aligned", action="store_true",
                         help="inputs are already aligned face crops: restore each whole image, no detection")
-    parser.add_argument("--strength", type=float, default=pipeline.DEFAULT_STRENGTH,
+    parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                         help="blend of restored and original face, 0..1 (default 0.8, as upstream GPEN)")
     parser.add_argument("--detector", choices=DETECTORS, default=DETECTORS[0], help="face detector")
     parser.add_argument("--detector-dir", type=Path,
@@ -92,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feather", type=float, default=PasteSettings.feather, help="mask feather, fraction of the crop")
     parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
-                        help="auto: fp16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: fp16 (or bf16) on CUDA GPUs that run it well, fp32 elsewhere")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (slow first image, faster after; not for .onnx)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log each step")
@@ -120,38 +119,30 @@ def main(argv: Sequence[str] | None = None, *, script_dir: Path | None = None) -
 
 
 def _run(args: argparse.Namespace, script_dir: Path) -> int:
-    if not 0.0 <= args.strength <= 1.0:
-        raise CommandLineError(f"--strength must be between 0 and 1, got {args.strength}")
     try:
-        parse_index_spec(args.face_index)
-    except ValueError as exc:
-        raise CommandLineError(f"--face-index: {exc}") from exc
-    if not 0.0 < args.threshold <= 1.0:
-        raise CommandLineError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.max_faces < 0:
-        raise CommandLineError(f"--max-faces must be 0 (no limit) or more, got {args.max_faces}")
-    try:
+        check_strength(args.strength)
+        # The model's size replaces the crop size once it is loaded; every other setting is checked now.
+        detect_settings = pipeline.DetectSettings(
+            template=args.template, score_threshold=args.threshold, order=args.order, index=args.face_index,
+            max_faces=args.max_faces,
+        )
         paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
                                        strength=1.0, color_correction=not args.no_color_correction)
     except ValueError as exc:
-        raise CommandLineError(f"--erosion/--feather: {exc}") from exc
+        raise CommandLineError(_with_option_names(str(exc))) from exc
     jobs = plan_jobs(args.input, args.output)
     roots = model_roots(script_dir)
     model_path = args.model or default_model(roots)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    model = load_gpen(model_path)
-    dtype = torch.float32
-    if pipeline.is_torch_gpen(model):
-        dtype = PRECISIONS.get(args.precision, torch.float16 if device.type == "cuda" else torch.float32)
-        model = model.to(device=device, dtype=dtype)
-        if args.compile:
-            model.compile()
-    logger.info("GPEN-%d from %s on %s (%s)", pipeline.model_size(model), model_path, device, dtype)
+    runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile, **_half_support(device))
+    if not runner.is_onnx:
+        runner.module.to(device)
+    detect_settings = dataclasses.replace(detect_settings, crop_size=runner.size)
+    logger.info("%r from %s on %s", runner, model_path, device)
 
     def restore(crops: torch.Tensor, on_face) -> torch.Tensor:
-        return pipeline.restore_crops(model, crops, device=device, dtype=dtype, strength=args.strength,
-                                      batch_size=1, on_face=on_face)
+        return runner.restore(crops, device=device, strength=args.strength, on_face=on_face)
 
     progress = ProgressLine(len(jobs))
     failures: list[str] = []
@@ -162,7 +153,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
                 image, depth = read
                 try:
                     restored = restore(frames_to_image([image]), progress.face)
-                except pipeline.FaceInputError as exc:  # not a square crop: this image fails, the others go on
+                except CropShapeError as exc:  # not a square crop: this image fails, the others go on
                     failures.append(f"{job.source}: {exc}")
                 else:
                     write_image(job.target, restored[0].numpy(), depth)
@@ -174,10 +165,6 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         if args.mask_shape == "parsing":
             parser = load_face_parser(args.detector_dir or default_detector_dir(roots, model_path, "parsenet"),
                                       device=device)
-        detect_settings = pipeline.DetectSettings(
-            crop_size=pipeline.model_size(model), template=args.template, score_threshold=args.threshold,
-            order=args.order, index=args.face_index, max_faces=args.max_faces,
-        )
         for job in jobs:
             read = _read_or_record(job.source, failures)
             if read is not None:
@@ -186,7 +173,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
                     frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
                     detect_settings, paste_settings, parser=parser,
                 )
-                if faces == 0:
+                if not len(faces):
                     logger.warning("No face found in %s; written unchanged", job.source)
                 write_image(job.target, out[0].numpy(), depth)
             progress.image_done()
@@ -197,6 +184,27 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
             print(f"  {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+# The settings' own names in their checks' messages, and the options that set them.
+OPTION_NAMES = {"score_threshold": "--threshold", "Face index": "--face-index", "max_faces": "--max-faces", "face_index": "--face-index",
+                "strength": "--strength", "erosion": "--erosion", "feather": "--feather"}
+
+
+def _with_option_names(message: str) -> str:
+    for name, option in OPTION_NAMES.items():
+        if message.startswith(name):
+            return option + message[len(name):]
+    return message
+
+
+def _half_support(device: torch.device) -> dict[str, bool]:
+    """What `device` runs well besides fp32, for precision "auto": fp16 on CUDA GPUs with tensor cores (compute
+    capability 7.0 and later), bf16 where CUDA supports it; fp32 elsewhere (emulated half precision on CPUs is
+    many times slower)."""
+    if device.type != "cuda":
+        return {"fp16_ok": False, "bf16_ok": False}
+    return {"fp16_ok": torch.cuda.get_device_capability(device) >= (7, 0), "bf16_ok": torch.cuda.is_bf16_supported()}
 
 
 def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:

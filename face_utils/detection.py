@@ -95,8 +95,15 @@ class FaceDetector:
         boxes = (boxes.reshape(-1, 2, 2) + 0.5) / scale_xy - 0.5
         landmarks = (landmarks + 0.5) / scale_xy - 0.5
 
+        finite = np.isfinite(boxes).all(axis=(1, 2)) & np.isfinite(scores) & np.isfinite(landmarks).all(axis=(1, 2))
+        if not finite.all():
+            # A broken detector file (or numerics) must not stop a whole video batch: such rows locate nothing.
+            logger.warning(
+                "%s gave %d detection(s) with non-finite coordinates or scores in frame %d; dropped them",
+                self.name, int((~finite).sum()), frame_index,
+            )
         faces = []
-        for box, score, points in zip(boxes, scores, landmarks):
+        for box, score, points in zip(boxes[finite], scores[finite], landmarks[finite]):
             face = FaceRecord(
                 frame_index=frame_index,
                 image_size_hw=(height, width),

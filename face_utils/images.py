@@ -6,6 +6,7 @@ Images are numpy float32 arrays [H, W, C] with values in 0..1, RGB channel order
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 SUPPORTED_CHANNELS = (1, 3, 4)
@@ -70,3 +71,26 @@ def colour_channels(image: np.ndarray) -> int:
 def ensure_hwc(array: np.ndarray) -> np.ndarray:
     """OpenCV drops the channel axis of single-channel results; put it back."""
     return array[:, :, None] if array.ndim == 2 else array
+
+
+# A picture's fingerprint: its grey thumbnail of FINGERPRINT_SIDE^2 area-averaged cells in 8 bits. Scaling the
+# picture (an upscaler, a resize) leaves it within a few levels; another picture of the same size differs by tens.
+FINGERPRINT_SIDE = 8
+# Mean absolute difference (in 8-bit levels) above which two thumbnails are different pictures: pasting restored
+# faces back moves a thumbnail by a level or two, model upscalers by a few; unrelated photos differ by 30 or more.
+FINGERPRINT_TOLERANCE = 12.0
+
+
+def picture_fingerprint(image: np.ndarray) -> str:
+    """A short, scale-independent fingerprint of a checked image (hex text, JSON-friendly)."""
+    grey = convert_channels(image, 1)[:, :, 0]
+    # OpenCV's area filter is the exact block mean at any size.
+    thumb = cv2.resize(grey, (FINGERPRINT_SIDE, FINGERPRINT_SIDE), interpolation=cv2.INTER_AREA)
+    return np.clip(np.rint(thumb * 255), 0, 255).astype(np.uint8).tobytes().hex()
+
+
+def same_picture(fingerprint_a: str, fingerprint_b: str) -> bool:
+    """True when two `picture_fingerprint`s belong to the same picture (or scaled copies of it)."""
+    a = np.frombuffer(bytes.fromhex(fingerprint_a), dtype=np.uint8).astype(np.float32)
+    b = np.frombuffer(bytes.fromhex(fingerprint_b), dtype=np.uint8).astype(np.float32)
+    return a.shape == b.shape and float(np.abs(a - b).mean()) <= FINGERPRINT_TOLERANCE

@@ -1,45 +1,31 @@
 """The face-restoration pipeline shared by the ComfyUI nodes and the command line (no ComfyUI imports here).
 
-Steps: detect and align faces per frame (`detect_faces`), cut the aligned crops (`warp_crops`), run GPEN on the
-crops in memory-sized batches (`restore_crops`), paste them back (`paste_back`). `restore_frames` chains them
-frame by frame so a long video batch never holds more than one frame's crops.
+One frame loop, two ways through it. Per frame the steps are always the same: find and align the faces
+(`_detect_frame`), cut their crops (`_crop_frame`), restore them (a `RestoreFn` the caller binds to its model),
+paste them back (`_paste_frame`). The separate nodes run each step over the whole batch (`detect_faces`,
+`warp_crops`, `paste_back`), handing a `FaceSet` (the `GPEN_FACES` socket) between them; `restore_frames` runs all
+steps frame by frame, so a long video batch never holds more than one frame's crops.
 
-Callers own the model's placement: they move it to `device`/`dtype` (ComfyUI through its model management, the
-command line with `.to()`), pass progress and interruption callbacks, and get CPU float32 results back.
+Callers own the model's placement and pass progress and interruption callbacks; results are CPU float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
-from .conversion import (
-    crops_to_model_input,
-    frame_to_numpy,
-    frames_to_image,
-    model_output_to_crops,
-    resize_crops,
-    rgb_crops,
-)
-from . import (
-    CanvasMismatchError,
-    FaceDetector,
-    FaceRecord,
-    PasteSettings,
-    align_face,
-    canvas_scale_xy,
-    paste_faces,
-    select_faces,
-    warp_face,
-)
-from ..gpen_arch import GPEN
-from ..gpen_arch.model import channel_table
+from .alignment import TEMPLATES, align_face, warp_face
+from .conversion import frame_to_numpy, frames_to_image
+from .detection import FaceDetector, parse_index_spec, select_faces
+from .images import picture_fingerprint, same_picture
+from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy, paste_faces
+from .records import FaceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +36,17 @@ CheckInterrupted = Callable[[], None]
 RestoreFn = Callable[[torch.Tensor, Callable[[], None]], torch.Tensor]
 """restore(crops [n, S, S, C] in [0, 1], on_face) -> restored crops [n, S', S', 3]; calls on_face() per face."""
 
-# Upstream GPEN blends the restored face 80/20 with the aligned input (`--alpha 0.8`).
-DEFAULT_STRENGTH = 0.8
-# Peak activation memory of one face is about 3.5x the encoder's feature elements times the element size
-# (measured here on GPEN-512 and GPEN-1024, fp32, CPU peak RSS); 4 leaves headroom for allocator slack.
-ACTIVATION_BYTES_FACTOR = 4.0
-# Share of the free memory a restore batch may take; the rest stays for other nodes and fragmentation.
-FREE_MEMORY_SHARE = 0.8
-MAX_BATCH_SIZE = 16  # a cap, so one batch's latency (and the gap between progress updates) stays bounded
-
 
 class FaceInputError(ValueError):
-    """Inputs that do not fit together (crop and face counts, image sizes); the message names the fix."""
+    """Inputs that do not fit together (crop and face counts, another picture, too many crops); the message
+    names the fix."""
 
 
 @dataclass(frozen=True)
 class DetectSettings:
-    """How faces are found and cut out.
+    """How faces are found and cut out; checked on construction (the one owner of these rules).
 
-    `score_threshold` in 0..1; `order`/`index`/`max_faces` as in `face_utils.select_faces`; `crop_size` is the
+    `score_threshold` in (0, 1]; `order`/`index`/`max_faces` as in `face_utils.select_faces`; `crop_size` is the
     aligned crop side in pixels (the GPEN model's size); `template` one of `face_utils.TEMPLATES`;
     `min_face_size` in frame pixels (0 keeps every face).
     """
@@ -81,102 +59,59 @@ class DetectSettings:
     max_faces: int = 0
     min_face_size: float = 0.0
 
-
-def model_size(model: nn.Module) -> int:
-    """Crop side S a GPEN model (torch or ONNX-backed) takes and returns."""
-    return int(model.size)
-
-
-def is_torch_gpen(model: nn.Module) -> bool:
-    """True for the native PyTorch GPEN (placed by the caller); False for an ONNX-backed one (runs itself)."""
-    return isinstance(model, GPEN)
-
-
-def face_memory_bytes(size: int, dtype: torch.dtype) -> int:
-    """Estimated peak activation memory for restoring one face with GPEN-`size` in `dtype` (published channel
-    widths: channel_multiplier 2, narrow 1, the largest of the released models at every size)."""
-    channels = channel_table(2, 1)
-    elements = sum(res * res * c for res, c in channels.items() if res <= size)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return int(ACTIVATION_BYTES_FACTOR * elements * itemsize)
+    def __post_init__(self) -> None:
+        parse_index_spec(self.index)
+        if not 0.0 < self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in (0, 1], got {self.score_threshold}")
+        if self.max_faces < 0:
+            raise ValueError(f"max_faces must be 0 (no limit) or more, got {self.max_faces}")
+        if self.crop_size < 8:
+            raise ValueError(f"crop_size must be at least 8 pixels, got {self.crop_size}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
 
 
-def batch_size_for(size: int, dtype: torch.dtype, free_bytes: int, faces: int, *, device: torch.device) -> int:
-    """How many faces to restore at once: what fits in `FREE_MEMORY_SHARE` of `free_bytes`, 1 to
-    `MAX_BATCH_SIZE`, never more than `faces`; always 1 on the CPU, where batches are no faster per face and
-    would only delay progress and interruption."""
-    if device.type == "cpu":
-        return 1
-    fits = int(free_bytes * FREE_MEMORY_SHARE) // max(face_memory_bytes(size, dtype), 1)
-    return max(1, min(fits, MAX_BATCH_SIZE, max(faces, 1)))
+@dataclass(frozen=True)
+class FaceSet:
+    """What flows through a `GPEN_FACES` socket: the chosen, aligned faces of a batch (possibly none).
 
-
-def restore_crops(
-    model: nn.Module,
-    crops: torch.Tensor,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    strength: float = DEFAULT_STRENGTH,
-    batch_size: int = 1,
-    on_face: Callable[[], None] | None = None,
-    check_interrupted: CheckInterrupted | None = None,
-) -> torch.Tensor:
-    """Restore aligned face crops with GPEN.
-
-    Args:
-        model: a loaded GPEN (already on `device` as `dtype` if it is a torch model; an ONNX-backed one takes
-            CPU float32 and converts itself).
-        crops: `[N, H, W, C]` float in [0, 1], RGB(A) or grey, any square size (resized to the model's).
-        strength: 1 = the restored face, 0 = the input crop; in between a linear blend (upstream uses 0.8).
-        batch_size: faces per forward pass; halved and retried when the device runs out of memory.
-        on_face: called once per restored face (progress).
-        check_interrupted: called before every batch; raises to stop.
-
-    Returns:
-        `[N, S, S, 3]` float32 RGB in [0, 1] on the CPU, S = the model's size. Inference errors propagate:
-        nothing unrestored is ever returned as restored.
+    `faces` are in frame order, each frame's faces in the selection order; `found` counts every face the
+    detector reported before `face_index`/`max_faces` chose among them.
     """
-    if crops.ndim != 4 or crops.shape[1] != crops.shape[2]:
-        raise FaceInputError(f"Face crops must be square, [N, S, S, C]; got {list(crops.shape)}")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in 0..1, got {strength}")
-    size = model_size(model)
-    if not is_torch_gpen(model):
-        dtype = torch.float32  # onnxruntime runs the graph's fp32; on CUDA when the input is there
-    results: list[torch.Tensor] = []
-    start = 0
-    batch_size = max(1, batch_size)
-    with torch.inference_mode():
-        while start < crops.shape[0]:
-            if check_interrupted is not None:
-                check_interrupted()
-            chunk = resize_crops(crops[start : start + batch_size].float().cpu(), size)
-            try:
-                output = model(crops_to_model_input(chunk, device=device, dtype=dtype))
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                batch_size //= 2
-                logger.warning("Out of memory restoring faces; retrying with %d face(s) per batch", batch_size)
-                continue
-            if not torch.isfinite(output).all():
-                raise FloatingPointError(
-                    f"GPEN produced NaN or infinite values in {dtype} on {device}: the model overflowed in this "
-                    "precision. Load it with precision fp32 (or bf16 on GPUs that support it)."
-                )
-            restored = model_output_to_crops(output)
-            del output
-            if strength < 1.0:
-                restored = torch.lerp(rgb_crops(chunk).float(), restored, strength)
-            results.append(restored)
-            start += chunk.shape[0]
-            if on_face is not None:
-                for _ in range(chunk.shape[0]):
-                    on_face()
-    if not results:
-        return torch.zeros((0, size, size, 3), dtype=torch.float32)
-    return torch.cat(results)
+
+    faces: tuple[FaceRecord, ...]
+    frame_count: int
+    crop_size: int
+    detector: str
+    found: int
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __iter__(self) -> Iterator[FaceRecord]:
+        return iter(self.faces)
+
+    def in_frame(self, frame_index: int) -> list[FaceRecord]:
+        return [face for face in self.faces if face.frame_index == frame_index]
+
+    def positions_by_frame(self) -> dict[int, list[int]]:
+        """frame index -> positions in `faces` (and so in the crop batch) of that frame's faces."""
+        positions: dict[int, list[int]] = {}
+        for position, face in enumerate(self.faces):
+            positions.setdefault(face.frame_index, []).append(position)
+        return positions
+
+    def summary(self) -> str:
+        """One sentence for the log: what was found, what was kept."""
+        found = f"{self.detector} found {self.found} face(s) in {self.frame_count} frame(s)"
+        if self.found == len(self.faces):
+            return found
+        return f"{found}; face_index/max_faces kept {len(self.faces)}"
+
+
+def crop_bytes(count: int, size: int, channels: int) -> int:
+    """Bytes of `count` float32 crops of `size`x`size` with `channels` channels."""
+    return count * size * size * channels * 4
 
 
 def detect_faces(
@@ -185,73 +120,66 @@ def detect_faces(
     settings: DetectSettings,
     *,
     check_interrupted: CheckInterrupted | None = None,
-) -> list[FaceRecord]:
-    """Detect, select and align the faces of every frame of `image` (`[B, H, W, C]` IMAGE).
-
-    Returns aligned `FaceRecord`s (frame by frame, each frame's faces in the selection order), every one with
-    its `frame_index`. Frames without faces contribute none (logged, not an error).
-    """
+) -> FaceSet:
+    """Detect, select and align the faces of every frame of `image` (`[B, H, W, C]` IMAGE). Frames without faces
+    contribute none (not an error)."""
     faces: list[FaceRecord] = []
-    for frame_index in range(image.shape[0]):
-        if check_interrupted is not None:
-            check_interrupted()
-        faces.extend(_faces_in_frame(frame_to_numpy(image, frame_index), frame_index, detector, settings))
-    return faces
+    found = 0
+    for frame_index, frame in _frames(image, check_interrupted):
+        chosen, in_frame = _detect_frame(frame, frame_index, detector, settings)
+        faces.extend(chosen)
+        found += in_frame
+    return FaceSet(tuple(faces), image.shape[0], settings.crop_size, detector.name, found)
 
 
-def warp_crops(image: torch.Tensor, faces: Sequence[FaceRecord]) -> torch.Tensor:
-    """The aligned crops of `faces` cut from `image` (`[B, H, W, C]`): `[N, S, S, C]` float32 on the CPU.
-
-    All faces must be aligned at the same crop size S."""
-    sizes = {face.crop_size for face in faces}
-    if len(sizes) > 1:
-        raise FaceInputError(f"Faces are aligned at different crop sizes {sorted(sizes)}; align them at one size")
+def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None) -> torch.Tensor:
+    """The aligned crops of `faces` cut from `image`: `[N, S, S, C]` float32 on the CPU, written into one
+    preallocated tensor. Raises `FaceInputError` before allocating when they would not fit in `free_bytes`."""
     check_faces_fit_image(image, faces)
-    frames: dict[int, np.ndarray] = {}
-    crops = []
-    for face in faces:
-        if face.frame_index not in frames:
-            frames = {face.frame_index: frame_to_numpy(image, face.frame_index)}  # keep one frame alive
-        crops.append(warp_face(frames[face.frame_index], face))
-    if not crops:
-        size = sizes.pop() if sizes else 0
-        return torch.zeros((0, size, size, image.shape[-1]), dtype=torch.float32)
-    return frames_to_image(crops)
+    size, channels = faces.crop_size, image.shape[-1]
+    needed = crop_bytes(len(faces), size, channels)
+    if free_bytes is not None and needed > free_bytes:
+        raise FaceInputError(
+            f"{len(faces)} face(s) at {size}x{size} need {needed / 2**30:.1f} GiB for their crops, but only "
+            f"{free_bytes / 2**30:.1f} GiB of memory is free. Set max_faces (or face_index) to restore fewer faces, "
+            "use a smaller face size (or a smaller GPEN model), or use 'Restore faces (GPEN, one node)', which "
+            "holds one frame's crops at a time"
+        )
+    crops = torch.empty((len(faces), size, size, channels), dtype=torch.float32)
+    positions = faces.positions_by_frame()
+    for frame_index, frame in _frames(image, None, only=sorted(positions)):
+        crops[positions[frame_index]] = _crop_frame(frame, [faces.faces[p] for p in positions[frame_index]])
+    return crops
 
 
 def paste_back(
     image: torch.Tensor,
     crops: torch.Tensor,
-    faces: Sequence[FaceRecord],
+    faces: FaceSet,
     settings: PasteSettings,
     *,
     parser: object | None = None,
     check_interrupted: CheckInterrupted | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste `crops` (`[N, S, S, C]`, one per face record, same order) back into `image` (`[B, H, W, C]`, the
-    frames the faces were found on or a uniformly scaled copy of them).
+    """Paste `crops` (`[N, S, S, C]`, one per face, same order) back into `image` (`[B, H, W, C]`: the frames the
+    faces were found in, or a uniformly scaled copy of them).
 
     Returns the IMAGE `[B, H, W, C]` and the MASK `[B, H, W]` of where faces were pasted (zeros on frames
     without faces, which pass through unchanged).
     """
     if crops.shape[0] != len(faces):
         raise FaceInputError(
-            f"Got {crops.shape[0]} face crop(s) but {len(faces)} face record(s); they must come from the same "
+            f"got {crops.shape[0]} face crop(s) but {len(faces)} face record(s); they must come from the same "
             "'Detect and align faces' node, with nodes in between keeping the batch size and order"
         )
     check_faces_fit_image(image, faces)
-    by_frame: dict[int, list[int]] = {}
-    for position, face in enumerate(faces):
-        by_frame.setdefault(face.frame_index, []).append(position)
     out_image, out_mask = _empty_results(image)
-    for frame_index in range(image.shape[0]):
-        if check_interrupted is not None:
-            check_interrupted()
-        frame = frame_to_numpy(image, frame_index)
-        positions = by_frame.get(frame_index, [])
-        if positions:
-            frame_crops = [crops[p].float().cpu().numpy() for p in positions]
-            frame, mask = paste_faces(frame, frame_crops, [faces[p] for p in positions], settings, parser=parser)
+    positions = faces.positions_by_frame()
+    for frame_index, frame in _frames(image, check_interrupted):
+        if frame_index in positions:
+            frame_faces = [faces.faces[p] for p in positions[frame_index]]
+            check_same_picture(frame, frame_faces, frame_index)
+            frame, mask = _paste_frame(frame, crops[positions[frame_index]], frame_faces, settings, parser)
             out_mask[frame_index] = torch.from_numpy(mask)
         out_image[frame_index] = torch.from_numpy(frame)
     return out_image, out_mask
@@ -267,41 +195,38 @@ def restore_frames(
     parser: object | None = None,
     on_progress: OnProgress | None = None,
     check_interrupted: CheckInterrupted | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, FaceSet]:
     """Detect, restore and paste back frame by frame (only one frame's crops are alive at a time).
 
-    `restore(crops, on_face)` restores one frame's crops `[n, S, S, C]` to `[n, S, S, 3]`, calling `on_face()`
-    after each face (`restore_crops` with the model bound). Progress counts faces; a frame without faces counts
-    as one, and frames not seen yet are counted as one face each. Returns the IMAGE `[B, H, W, C]`, the MASK
-    `[B, H, W]` and the number of faces restored.
+    Progress counts faces; a frame without faces counts as one, and frames not seen yet as one face each.
+    Returns the IMAGE `[B, H, W, C]`, the MASK `[B, H, W]` and the `FaceSet` of the faces restored.
     """
     frames_total = image.shape[0]
     out_image, out_mask = _empty_results(image)
-    done = restored_faces = 0
-    frame_end_estimate = frames_total
+    restored: list[FaceRecord] = []
+    done = found = 0
+    total_estimate = frames_total
 
     def face_done() -> None:
         nonlocal done
         done += 1
         if on_progress is not None:
-            on_progress(done, max(done, frame_end_estimate))
+            on_progress(done, max(done, total_estimate))
 
-    for frame_index in range(frames_total):
-        if check_interrupted is not None:
-            check_interrupted()
-        frame = frame_to_numpy(image, frame_index)
-        faces = _faces_in_frame(frame, frame_index, detector, detect_settings)
-        frame_end_estimate = done + max(len(faces), 1) + frames_total - frame_index - 1
+    for frame_index, frame in _frames(image, check_interrupted):
+        faces, in_frame = _detect_frame(frame, frame_index, detector, detect_settings)
+        found += in_frame
+        total_estimate = done + max(len(faces), 1) + frames_total - frame_index - 1
         if faces:
-            crops = frames_to_image([warp_face(frame, face) for face in faces])
-            restored = restore(crops, face_done)
-            frame, mask = paste_faces(frame, list(restored.numpy()), faces, paste_settings, parser=parser)
+            crops = restore(_crop_frame(frame, faces), face_done)
+            frame, mask = _paste_frame(frame, crops, faces, paste_settings, parser)
             out_mask[frame_index] = torch.from_numpy(mask)
-            restored_faces += len(faces)
+            restored.extend(faces)
         else:
             face_done()
         out_image[frame_index] = torch.from_numpy(frame)
-    return out_image, out_mask, restored_faces
+    face_set = FaceSet(tuple(restored), frames_total, detect_settings.crop_size, detector.name, found)
+    return out_image, out_mask, face_set
 
 
 def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> None:
@@ -311,7 +236,7 @@ def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> N
     for face in faces:
         if face.frame_index >= frames:
             raise FaceInputError(
-                f"A face comes from frame {face.frame_index} but the image has {frames} frame(s); connect the "
+                f"a face comes from frame {face.frame_index} but the image has {frames} frame(s); connect the "
                 "image batch the faces were detected on (or an upscaled copy of it)"
             )
         try:
@@ -320,37 +245,111 @@ def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> N
             raise FaceInputError(str(exc)) from exc
 
 
+def check_same_picture(frame: np.ndarray, faces: Sequence[FaceRecord], frame_index: int) -> None:
+    """Raise `FaceInputError` when `frame` is neither the picture `faces` were found in nor a scaled copy."""
+    fingerprint = picture_fingerprint(frame)
+    for face in faces:
+        if face.frame_fingerprint is not None and not same_picture(fingerprint, face.frame_fingerprint):
+            raise FaceInputError(
+                f"frame {frame_index} of the image is not the picture its faces were found in (nor a scaled copy "
+                "of it); connect the image that went into 'Detect and align faces' (or an upscaled copy of it)"
+            )
+
+
 def draw_faces(frame: np.ndarray, faces: Sequence[FaceRecord]) -> np.ndarray:
     """A copy of `frame` (`[H, W, C]` float32 [0, 1]) as RGB with each face's box, landmarks, position in the
-    selection and score drawn (drawn in 8 bits, which OpenCV's text rendering requires; it is only a preview)."""
+    selection and score drawn; labels stay inside the picture and do not overlap one another where there is room
+    (drawn in 8 bits, which OpenCV's text rendering requires; it is only a preview)."""
     rgb = frame[..., :3] if frame.shape[-1] >= 3 else np.repeat(frame, 3, axis=-1)
     canvas = np.ascontiguousarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))
-    thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    height, width = canvas.shape[:2]
+    thickness = max(1, round(max(height, width) / 400))
+    scale = 0.4 * thickness
     box_rgb, point_rgb = (0, 255, 0), (255, 50, 50)  # green boxes, red points: readable on skin tones
+    placed: list[tuple[int, int, int, int]] = []
     for order, face in enumerate(faces):
         x0, y0, x1, y1 = (round(v) for v in face.box_xyxy)
         cv2.rectangle(canvas, (x0, y0), (x1, y1), box_rgb, thickness, cv2.LINE_AA)
         for x, y in face.landmarks_xy:
             cv2.circle(canvas, (round(x), round(y)), 2 * thickness, point_rgb, -1, cv2.LINE_AA)
-        cv2.putText(canvas, f"{order}: {face.score:.2f}", (x0, max(y0 - 4 * thickness, 10)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, box_rgb, thickness, cv2.LINE_AA)
+        text = f"{order}: {face.score:.2f}"
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        rect = _label_place((x0, y0, x1, y1), (text_w, text_h + baseline), (width, height), placed)
+        placed.append(rect)
+        cv2.putText(canvas, text, (rect[0], rect[3] - baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, box_rgb,
+                    thickness, cv2.LINE_AA)
     return canvas.astype(np.float32) / 255.0
+
+
+def _label_place(
+    box: tuple[int, int, int, int], size_wh: tuple[int, int], canvas_wh: tuple[int, int],
+    placed: Sequence[tuple[int, int, int, int]],
+) -> tuple[int, int, int, int]:
+    """Rectangle (x0, y0, x1, y1) for a label of `size_wh` near `box`: above it, below it, or inside its top,
+    the first that lies inside the canvas and overlaps no label placed before (else the first candidate)."""
+    (w, h), (canvas_w, canvas_h) = size_wh, canvas_wh
+    x0, y0, x1, y1 = box
+    gap = 2
+    candidates = [(x0, y0 - gap - h), (x0, y1 + gap), (x0 + gap, y0 + gap), (x0 + gap, y1 - gap - h)]
+    rects = []
+    for left, top in candidates:
+        left = min(max(left, 0), max(canvas_w - w, 0))
+        top = min(max(top, 0), max(canvas_h - h, 0))
+        rects.append((left, top, left + w, top + h))
+    for rect in rects:
+        if not any(_overlap(rect, other) for other in placed):
+            return rect
+    return rects[0]
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _frames(
+    image: torch.Tensor, check_interrupted: CheckInterrupted | None, *, only: Sequence[int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The loop every path shares: (index, frame as numpy) for each frame (or those in `only`), checking for
+    interruption before each; one frame's copy alive at a time."""
+    for frame_index in range(image.shape[0]) if only is None else only:
+        if check_interrupted is not None:
+            check_interrupted()
+        yield frame_index, frame_to_numpy(image, frame_index)
+
+
+def _detect_frame(
+    frame: np.ndarray, frame_index: int, detector: FaceDetector, settings: DetectSettings
+) -> tuple[list[FaceRecord], int]:
+    """The chosen faces of one frame, aligned and fingerprinted, and how many the detector found."""
+    found = detector.detect(
+        frame, frame_index=frame_index, score_threshold=settings.score_threshold,
+        min_face_size=settings.min_face_size,
+    )
+    chosen = select_faces(found, order=settings.order, index=settings.index, max_faces=settings.max_faces)
+    fingerprint = picture_fingerprint(frame) if chosen else None
+    aligned = [
+        dataclasses.replace(align_face(face, crop_size=settings.crop_size, template=settings.template),
+                            frame_fingerprint=fingerprint)
+        for face in chosen
+    ]
+    return aligned, len(found)
+
+
+def _crop_frame(frame: np.ndarray, faces: Sequence[FaceRecord]) -> torch.Tensor:
+    """The aligned crops of one frame's faces, `[n, S, S, C]` float32."""
+    return frames_to_image([warp_face(frame, face) for face in faces])
+
+
+def _paste_frame(
+    frame: np.ndarray, crops: torch.Tensor, faces: Sequence[FaceRecord], settings: PasteSettings,
+    parser: object | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One frame with its faces' crops pasted back, and its mask."""
+    crop_arrays = [crop.numpy() for crop in crops.detach().to("cpu", torch.float32)]
+    return paste_faces(frame, crop_arrays, list(faces), settings, parser=parser)
 
 
 def _empty_results(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The IMAGE and (all-zero) MASK a pass over `image` fills frame by frame, on the CPU: written in place, so a
     long video is held once more, not twice."""
     return torch.empty(image.shape, dtype=torch.float32), torch.zeros(image.shape[:3], dtype=torch.float32)
-
-
-def _faces_in_frame(
-    frame: np.ndarray, frame_index: int, detector: FaceDetector, settings: DetectSettings
-) -> list[FaceRecord]:
-    found = detector.detect(
-        frame,
-        frame_index=frame_index,
-        score_threshold=settings.score_threshold,
-        min_face_size=settings.min_face_size,
-    )
-    chosen = select_faces(found, order=settings.order, index=settings.index, max_faces=settings.max_faces)
-    return [align_face(face, crop_size=settings.crop_size, template=settings.template) for face in chosen]

@@ -39,6 +39,8 @@ class FaceRecord:
         template: name of the alignment template (see `face_utils.alignment.TEMPLATES`; None until aligned).
         affine_crop_from_image: 2x3 similarity mapping frame coordinates to crop coordinates (None until
             aligned).
+        frame_fingerprint: `face_utils.images.picture_fingerprint` of the frame, so paste-back can refuse a
+            picture the face was not found in (None when unknown).
     """
 
     frame_index: int
@@ -49,6 +51,7 @@ class FaceRecord:
     crop_size: int | None = None
     template: str | None = None
     affine_crop_from_image: Affine2x3 | None = None
+    frame_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise to plain Python numbers so records compare, hash and serialise the same however they were
@@ -122,6 +125,7 @@ class FaceRecord:
             "affine_crop_from_image": (
                 None if self.affine_crop_from_image is None else [list(r) for r in self.affine_crop_from_image]
             ),
+            "frame_fingerprint": self.frame_fingerprint,
         }
 
     @classmethod

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import torch
+
+from .config import infer_config
+from .loader import unwrap_state_dict
 
 # The ComfyUI model folder ReActor and facerestore_cf users already fill.
 RESTORE_FOLDER = "facerestore_models"
@@ -18,26 +23,51 @@ DOWNLOAD_HINT = (
     ".onnx files ReActor uses work too"
 )
 
-# Model sizes in file names only rank the choice of a default; the real size is always read from the weights.
-_SIZE_IN_NAME = re.compile(r"(256|512|1024|2048)")
-
-
 def is_gpen_file(name: str) -> bool:
     """True for file names with an extension `load_gpen` reads."""
     return Path(name).suffix.lower() in GPEN_EXTENSIONS
 
 
-def preferred_model(names: Iterable[str]) -> str | None:
-    """The model to offer first: a file named like GPEN, the highest resolution in its name winning (GPEN-BFR-2048
-    is the reason this pack exists), then alphabetical. None when `names` is empty."""
+def model_size_of(path: Path) -> int | None:
+    """The crop size of the GPEN in `path`, read from what the file holds (tensor names and shapes, or the ONNX
+    graph's input), or None when it is not a readable GPEN file. Cached per file path, size and modification
+    time, so listing a model folder again costs nothing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _model_size_of(str(path), stat.st_size, stat.st_mtime_ns)
 
-    def rank(name: str) -> tuple[int, int, str]:
-        stem = Path(name).name.lower()
-        sizes = [int(s) for s in _SIZE_IN_NAME.findall(stem)]
-        return (0 if "gpen" in stem else 1, -max(sizes, default=0), stem)
 
-    ordered = sorted(names, key=rank)
-    return ordered[0] if ordered else None
+@functools.lru_cache(maxsize=256)
+def _model_size_of(path: str, _size: int, _mtime_ns: int) -> int | None:
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".onnx":
+            from .onnx_model import OnnxGPEN
+
+            return OnnxGPEN(path).size
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as file:
+                shapes = {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
+        else:
+            # mmap: only the tensor headers are read, not the weights.
+            shapes = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        return int(infer_config(shapes)["size"])
+    except Exception:  # any unreadable or foreign file simply ranks last; loading it reports why
+        return None
+
+
+def preferred_model(paths: Mapping[str, Path]) -> str | None:
+    """The name (a key of `paths`) to offer first: by what each file holds, the largest GPEN first (GPEN-BFR-2048
+    is the reason this pack exists), files that are no readable GPEN last, then by name. None when empty."""
+
+    def rank(name: str) -> tuple[int, str]:
+        return (-(model_size_of(paths[name]) or 0), name.lower())
+
+    return min(paths, key=rank, default=None)
 
 
 def find_models(folders: Sequence[Path]) -> list[Path]:

@@ -1,5 +1,5 @@
 """Fixtures shared by the node, workflow and command-line tests: a ComfyUI-style models folder with test-made
-GPEN weights and the real offline face detector, ComfyUI doubles, and the pack imported as ComfyUI imports it."""
+GPEN weights and the real offline face detector, and the fixture photos."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from comfy_doubles import ComfyDoubles, import_pack_with_comfy
 from comfyui_gpen_restore import gpen_arch
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small random GPENs keep tests to fractions of a second per face (GPEN-2048 takes seconds on a CPU).
 SMALL_GPEN = {"style_dim": 64, "n_mlp": 2, "channel_multiplier": 1, "narrow": 0.125}
 DETECTOR = "retinaface_mobile0.25"  # the one real detector the fixtures ship (see fixtures/README.md)
@@ -47,17 +47,6 @@ def models_dir(tmp_path: Path, fixtures_dir: Path) -> Path:
     (root / "facedetection").mkdir(parents=True)
     shutil.copy(fixtures_dir / "facedetection" / DETECTOR_FILE, root / "facedetection" / DETECTOR_FILE)
     return root
-
-
-@pytest.fixture
-def comfy(models_dir: Path) -> ComfyDoubles:
-    return ComfyDoubles(models_dir=models_dir)
-
-
-@pytest.fixture
-def pack(monkeypatch, comfy: ComfyDoubles):
-    """The repository imported as a ComfyUI custom-node package, with ComfyUI replaced by `comfy`."""
-    return import_pack_with_comfy(monkeypatch, comfy)
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from comfy_doubles import REPO_ROOT
-from comfyui_gpen_restore.face_utils import cli
-from nodes_support import DETECTOR, comfy, image_batch, models_dir, pack, read_rgb, save_gpen  # noqa: F401
+from comfyui_gpen_restore.face_utils import PasteSettings, cli, load_detector, pipeline
+from comfyui_gpen_restore.gpen_arch import GpenRunner
+from nodes_support import DETECTOR, REPO_ROOT, image_batch, models_dir, read_rgb, save_gpen  # noqa: F401
 
 
 
@@ -53,17 +53,18 @@ def test_restores_every_image_of_a_folder(models_dir, home, fixtures_dir, capsys
     assert "2/2 images, 2 faces" in capsys.readouterr().err
 
 
-def test_gives_what_the_one_node_gives(models_dir, home, fixtures_dir, pack):
+def test_gives_what_the_one_node_path_gives(models_dir, home, fixtures_dir):
     out = home / "grace.png"
     source = fixtures_dir / "images" / "grace_hopper.jpg"
     assert run(["--input", source, "--output", out, "--strength", "0.7", *base_args(models_dir)], home) == 0
-    model = pack.nodes.GPENModelLoader().load("GPEN-BFR-64.pth", "fp32")[0]
-    detector = pack.nodes.GPENFaceDetectorLoader().load(DETECTOR)[0]
-    image, _ = pack.nodes.GPENRestoreFacesOneNode().restore(
-        image_batch(read_rgb(source)), model, detector, strength=0.7, score_threshold=0.9, order="largest",
-        face_index="all", max_faces=0, template="gpen", mask_shape="ellipse", erosion=0.04, feather=0.1,
-        color_correction=True,
+    runner = GpenRunner.load(models_dir / "facerestore_models" / "GPEN-BFR-64.pth", precision="fp32")
+    detector = load_detector(DETECTOR, models_dir / "facedetection")
+    image, _mask, faces = pipeline.restore_frames(
+        image_batch(read_rgb(source)), detector,
+        lambda crops, on_face: runner.restore(crops, device=torch.device("cpu"), strength=0.7, on_face=on_face),
+        pipeline.DetectSettings(crop_size=runner.size), PasteSettings(),
     )
+    assert len(faces) == 1
     np.testing.assert_allclose(read_png(out), image[0].numpy(), atol=0.5 / 255 + 1e-5)
 
 
@@ -112,7 +113,7 @@ def test_missing_input_and_bad_output_are_clear_errors(models_dir, home, fixture
     assert run(["--input", fixtures_dir / "images", "--output", home / "x.png", *base_args(models_dir)], home) == 2
     assert "give a folder instead" in capsys.readouterr().err
     assert run(["--input", fixtures_dir / "images", "--strength", "2", *base_args(models_dir)], home) == 2
-    assert "--strength must be between 0 and 1" in capsys.readouterr().err
+    assert "--strength must be between 0" in capsys.readouterr().err
 
 
 def test_unreadable_images_are_reported_and_the_others_restored(models_dir, home, fixtures_dir, capsys):

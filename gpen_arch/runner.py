@@ -1,0 +1,206 @@
+"""`GpenRunner`: the one owner of how a loaded GPEN is called, whatever file it came from.
+
+It knows the model's crop size, the dtype it runs in (precision `auto` resolved once, here; `.onnx` graphs always
+in fp32), whether half precision applies, how much memory one face takes, and how to restore a batch of aligned
+crops: `[N, S, S, C]` in 0..1 (channels last, as ComfyUI images are) in, `[N, S, S, 3]` RGB in 0..1 out. The
+nodes, the pipeline and the command line never ask "is it ONNX" themselves.
+
+Model tensors are GPEN's own convention: `[N, 3, S, S]` RGB in [-1, 1] (upstream normalises with mean 0.5 and
+std 0.5); the conversion to and from crops lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .loader import load_gpen
+from .model import GPEN, channel_table
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Upstream GPEN blends the restored face 80/20 with the aligned input (`--alpha 0.8`).
+DEFAULT_STRENGTH = 0.8
+# Peak activation memory of one face is about 3.5x the encoder's feature elements times the element size
+# (measured here on GPEN-512 and GPEN-1024, fp32, CPU peak RSS); 4 leaves headroom for allocator slack.
+ACTIVATION_BYTES_FACTOR = 4.0
+# Share of the free memory a restore batch may take; the rest stays for other nodes and fragmentation.
+FREE_MEMORY_SHARE = 0.8
+MAX_BATCH_SIZE = 16  # a cap, so one batch's latency (and the gap between progress updates) stays bounded
+
+OnFace = Callable[[], None]
+CheckInterrupted = Callable[[], None]
+
+
+class CropShapeError(ValueError):
+    """Crops that are not a batch of square images `[N, S, S, C]`."""
+
+
+def check_strength(strength: float) -> float:
+    """`strength` if it is a blend factor in 0..1, else `ValueError` saying so (the one check of this rule)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 (unchanged) and 1 (fully restored), got {strength}")
+    return strength
+
+
+def choose_dtype(precision: str, *, fp16_ok: bool, bf16_ok: bool) -> torch.dtype:
+    """The dtype a torch GPEN runs in: the one asked for, or for "auto" fp16 where the device handles it well, else
+    bf16 where it does, else fp32. The caller says what the device handles (ComfyUI's model management, or the
+    command line's own check of the device)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return DTYPES[precision]
+    return torch.float16 if fp16_ok else torch.bfloat16 if bf16_ok else torch.float32
+
+
+class GpenRunner:
+    """A loaded GPEN (native torch or an onnxruntime graph) and its call contract.
+
+    A torch GPEN's weights are placed by the caller (ComfyUI's model management, or `.to()` on the command line);
+    `restore` runs where they are. An ONNX graph places itself: onnxruntime runs on CUDA when the input tensor is
+    there.
+    """
+
+    def __init__(self, module: nn.Module, *, name: str, dtype: torch.dtype = torch.float32) -> None:
+        self.module = module.eval()
+        self.name = name
+        self.size = int(module.size)
+        self.is_onnx = not isinstance(module, GPEN)
+        self.dtype = torch.float32 if self.is_onnx else dtype
+        if not self.is_onnx:
+            self.module.to(dtype=self.dtype)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, precision: str = "auto", fp16_ok: bool = False, bf16_ok: bool = False,
+        compile: bool = False,
+    ) -> GpenRunner:
+        """Load `path` with `load_gpen` and set it up to run in `precision` (see `choose_dtype`); `compile`
+        applies `torch.compile`. For an `.onnx` file both are ignored (logged when asked for): it runs in fp32."""
+        path = Path(path)
+        dtype = choose_dtype(precision, fp16_ok=fp16_ok, bf16_ok=bf16_ok)
+        runner = cls(load_gpen(path), name=path.name, dtype=dtype)
+        if runner.is_onnx and (precision not in ("auto", "fp32") or compile):
+            logger.warning("%s is an ONNX model and runs in fp32 through onnxruntime; precision %s and compile "
+                           "ignored", path.name, precision)
+        elif compile:
+            runner.module.compile()  # in place: still a GPEN, its weights still placed by the caller
+        return runner
+
+    def __repr__(self) -> str:
+        return f"GpenRunner({self.name!r}, size={self.size}, dtype={self.dtype}, onnx={self.is_onnx})"
+
+    @property
+    def weights_device(self) -> torch.device | None:
+        """Where a torch GPEN's weights are now (None for ONNX, which holds no torch weights)."""
+        return None if self.is_onnx else next(self.module.parameters()).device
+
+    def face_memory_bytes(self) -> int:
+        """Estimated peak activation memory for restoring one face (published channel widths: channel_multiplier
+        2, narrow 1, the largest of the released models at every size)."""
+        elements = sum(res * res * c for res, c in channel_table(2, 1).items() if res <= self.size)
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return int(ACTIVATION_BYTES_FACTOR * elements * itemsize)
+
+    def batch_size_for(self, free_bytes: int, faces: int, device: torch.device) -> int:
+        """Faces per forward pass: what fits in `FREE_MEMORY_SHARE` of `free_bytes`, 1 to `MAX_BATCH_SIZE`, never
+        more than `faces`. Always 1 on the CPU (batches are no faster per face there and would only delay progress
+        and interruption) and for fixed-batch ONNX graphs."""
+        if device.type == "cpu" or self.is_onnx:
+            return 1
+        fits = int(free_bytes * FREE_MEMORY_SHARE) // max(self.face_memory_bytes(), 1)
+        return max(1, min(fits, MAX_BATCH_SIZE, max(faces, 1)))
+
+    def restore(
+        self,
+        crops: torch.Tensor,
+        *,
+        device: torch.device,
+        strength: float = DEFAULT_STRENGTH,
+        batch_size: int = 1,
+        on_face: OnFace | None = None,
+        check_interrupted: CheckInterrupted | None = None,
+    ) -> torch.Tensor:
+        """Restore aligned face crops.
+
+        Args:
+            crops: `[N, S', S', C]` float in 0..1, RGB(A) or grey, any square size (resized to the model's size
+                with antialiasing), on any device.
+            device: where the model input goes (where the weights are, for a torch GPEN).
+            strength: 1 = the restored face, 0 = the input crop; in between a linear blend.
+            batch_size: faces per forward pass; halved and retried when the device runs out of memory.
+            on_face: called once per restored face (progress).
+            check_interrupted: called before every batch; raises to stop.
+
+        Returns:
+            `[N, S, S, 3]` float32 RGB in 0..1 on the CPU. Inference errors propagate, and non-finite output
+            raises `FloatingPointError`: nothing unrestored is ever returned as restored.
+        """
+        if crops.ndim != 4 or crops.shape[1] != crops.shape[2] or crops.shape[-1] not in (1, 3, 4):
+            raise CropShapeError(
+                f"face crops must be square images [N, S, S, C] with C in 1, 3, 4; got {list(crops.shape)}"
+            )
+        check_strength(strength)
+        out = torch.empty((crops.shape[0], self.size, self.size, 3), dtype=torch.float32)
+        start, batch_size = 0, max(1, batch_size)
+        with torch.inference_mode():
+            while start < crops.shape[0]:
+                if check_interrupted is not None:
+                    check_interrupted()
+                chunk = _resize(crops[start : start + batch_size].to(device=device, dtype=torch.float32), self.size)
+                try:
+                    output = self.module(_to_model_input(chunk, self.dtype))
+                except torch.OutOfMemoryError:
+                    if batch_size == 1:
+                        raise
+                    batch_size //= 2
+                    logger.warning("Out of memory restoring faces; retrying with %d face(s) per batch", batch_size)
+                    continue
+                if not torch.isfinite(output).all():
+                    raise FloatingPointError(
+                        f"GPEN produced NaN or infinite values in {self.dtype} on {device}: the model overflowed in "
+                        "this precision. Load it with precision fp32 (or bf16 on GPUs that support it)."
+                    )
+                restored = _from_model_output(output)
+                del output
+                if strength < 1.0:
+                    restored = torch.lerp(_rgb(chunk), restored, strength)
+                out[start : start + chunk.shape[0]] = restored.cpu()
+                start += chunk.shape[0]
+                if on_face is not None:
+                    for _ in range(chunk.shape[0]):
+                        on_face()
+        return out
+
+
+def _rgb(crops: torch.Tensor) -> torch.Tensor:
+    """Crops `[N, S, S, C]` as RGB `[N, S, S, 3]`: alpha dropped, grey repeated (a view)."""
+    return crops[..., :3] if crops.shape[-1] >= 3 else crops.expand(*crops.shape[:-1], 3)
+
+
+def _resize(crops: torch.Tensor, size: int) -> torch.Tensor:
+    """Square crops `[N, H, W, C]` resized to `[N, size, size, C]`: bicubic with antialiasing, so shrinking a 2048
+    crop for a 512 model does not alias; clamped back to 0..1 because bicubic overshoots at edges."""
+    if crops.shape[1] == size:
+        return crops
+    chw = crops.movedim(-1, 1)
+    out = F.interpolate(chw, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return out.clamp(0, 1).movedim(1, -1)
+
+
+def _to_model_input(crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Crops `[N, S, S, C]` in 0..1 to GPEN's `[N, 3, S, S]` in [-1, 1] as `dtype`, on the crops' device."""
+    return (_rgb(crops).movedim(-1, 1) * 2 - 1).to(dtype)
+
+
+def _from_model_output(output: torch.Tensor) -> torch.Tensor:
+    """GPEN output `[N, 3, S, S]` (about [-1, 1]) to crops `[N, S, S, 3]` float32 in 0..1, on its device."""
+    return ((output.float() + 1) / 2).clamp(0, 1).movedim(1, -1)
