@@ -142,8 +142,8 @@ def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = 
         raise FaceInputError(
             f"{len(faces)} face(s) at {size}x{size} need {needed / 2**30:.1f} GiB for their crops, but only "
             f"{free_bytes / 2**30:.1f} GiB of memory is free. Set max_faces (or face_index) to restore fewer faces, "
-            "use a smaller face size (or a smaller GPEN model), or use 'Restore faces (GPEN, one node)', which "
-            "holds one frame's crops at a time"
+            "use a smaller face size (or a smaller GPEN model), or restore in one pass (the one-node restore holds "
+            "one frame's crops at a time)"
         )
     crops = torch.empty((len(faces), size, size, channels), dtype=torch.float32)
     positions = faces.positions_by_frame()
@@ -170,7 +170,7 @@ def paste_back(
     if crops.shape[0] != len(faces):
         raise FaceInputError(
             f"got {crops.shape[0]} face crop(s) but {len(faces)} face record(s); they must come from the same "
-            "'Detect and align faces' node, with nodes in between keeping the batch size and order"
+            "detection, with nodes in between keeping the batch size and order"
         )
     check_faces_fit_image(image, faces)
     out_image, out_mask = _empty_results(image)
@@ -252,7 +252,7 @@ def check_same_picture(frame: np.ndarray, faces: Sequence[FaceRecord], frame_ind
         if face.frame_fingerprint is not None and not same_picture(fingerprint, face.frame_fingerprint):
             raise FaceInputError(
                 f"frame {frame_index} of the image is not the picture its faces were found in (nor a scaled copy "
-                "of it); connect the image that went into 'Detect and align faces' (or an upscaled copy of it)"
+                "of it); connect the image the faces were detected on (or an upscaled copy of it)"
             )
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["comfy_host"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
