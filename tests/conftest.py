@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to `../shared/fixtures` (CI has it beside the clone)."""
+"""Shared test fixtures: the test data in tests/fixtures, and the pack imported once under one name."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _load_package() -> None:
 
 _load_package()
 
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # Two cores here; keep torch's thread pool from oversubscribing them (results do not depend on it).
 torch.set_num_threads(min(torch.get_num_threads(), 2))
@@ -34,5 +34,5 @@ torch.set_num_threads(min(torch.get_num_threads(), 2))
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
-        pytest.fail(f"Test fixtures not found at {FIXTURES}: clone the project next to its shared/ folder")
+        pytest.fail(f"Test fixtures not found at {FIXTURES}: they are part of the repository; check out all of it")
     return FIXTURES
