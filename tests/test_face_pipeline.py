@@ -1,0 +1,73 @@
+"""The pipeline's own rules, without ComfyUI: settings checks, picture fingerprints, preview labels, crop budget."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from nodes_support import grace  # noqa: F401
+
+from comfyui_gpen_restore.face_utils import FaceRecord
+from comfyui_gpen_restore.face_utils.images import picture_fingerprint, same_picture
+from comfyui_gpen_restore.face_utils.pipeline import DetectSettings, FaceInputError, FaceSet, draw_faces, warp_crops
+
+
+def face(x0: float, y0: float, side: float, frame_index: int = 0, size_hw=(600, 512)) -> FaceRecord:
+    points = [(x0 + side * u, y0 + side * v) for u, v in ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))]
+    return FaceRecord(frame_index=frame_index, image_size_hw=size_hw, box_xyxy=(x0, y0, x0 + side, y0 + side),
+                      score=0.99, landmarks_xy=points)
+
+
+@pytest.mark.parametrize("field, value", [("score_threshold", 0.0), ("score_threshold", 1.5), ("max_faces", -1),
+                                          ("index", "first"), ("template", "arcface"), ("crop_size", 4)])
+def test_detect_settings_refuse_bad_values(field, value):
+    with pytest.raises(ValueError):
+        DetectSettings(**{field: value})
+
+
+def test_fingerprint_tells_scaled_copies_from_other_pictures(grace):
+    fingerprint = picture_fingerprint(grace)
+    twice = cv2.resize(grace, (1024, 1200), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    assert same_picture(fingerprint, picture_fingerprint(twice))
+    assert same_picture(fingerprint, picture_fingerprint(cv2.resize(grace, (256, 300), interpolation=cv2.INTER_AREA)))
+    assert not same_picture(fingerprint, picture_fingerprint(np.ascontiguousarray(grace[::-1])))
+    assert not same_picture(fingerprint, picture_fingerprint(np.ascontiguousarray(grace[:, ::-1] * 0.5)))
+
+
+def test_preview_labels_stay_inside_the_picture_and_apart_on_a_crowd(grace, monkeypatch):
+    from comfyui_gpen_restore.face_utils import pipeline
+
+    placed: list[tuple[int, int, int, int]] = []
+    real = pipeline._label_place
+
+    def recording(*args):
+        rect = real(*args)
+        placed.append(rect)
+        return rect
+
+    monkeypatch.setattr(pipeline, "_label_place", recording)
+    # A 4x4 crowd of touching faces, the first row at the top border and the last column at the right one.
+    crowd = [face(x, y, 100) for y in range(0, 400, 100) for x in range(112, 512, 100)]
+    preview = draw_faces(grace, crowd)
+    assert preview.shape == grace.shape and len(placed) == len(crowd)
+    height, width = grace.shape[:2]
+    assert all(0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height for x0, y0, x1, y1 in placed)
+    overlaps = [(a, b) for i, a in enumerate(placed) for b in placed[i + 1:]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]]
+    assert overlaps == []
+
+
+def test_crops_beyond_the_memory_budget_are_refused_before_anything_is_allocated(grace):
+    image = torch.from_numpy(grace)[None]
+    faces = FaceSet(tuple(), 1, 2048, "test", 0)
+    assert warp_crops(image, faces, free_bytes=0).shape == (0, 2048, 2048, 3)
+    many = FaceSet(tuple(face(100, 100, 200) for _ in range(3)), 1, 2048, "test", 3)
+    with pytest.raises(FaceInputError, match=r"3 face\(s\) at 2048x2048 need 0.1 GiB .* max_faces"):
+        warp_crops(image, many, free_bytes=2**20)
+
+
+def test_face_set_summary_says_what_was_found_and_kept():
+    faces = FaceSet((face(0, 0, 100),), 2, 512, "yunet", 3)
+    assert faces.summary() == "yunet found 3 face(s) in 2 frame(s); face_index/max_faces kept 1"
+    assert FaceSet((), 1, 512, "yunet", 0).summary() == "yunet found 0 face(s) in 1 frame(s)"
