@@ -24,12 +24,13 @@ import torch
 from comfy_api.latest import ComfyExtension, io
 
 from .face_utils import DETECTORS, KNOWN_WEIGHTS, MASK_SHAPES, ORDERS, TEMPLATES, PasteSettings, load_detector
-from .face_utils import FaceDetector, FaceParser, load_face_parser
+from .face_utils import FaceDetector, FaceParser
+from .face_utils.parsing import FaceParserCache
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
 from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, draw_faces
 from .face_utils.pipeline import paste_back, restore_frames, warp_crops
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
-from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models, preferred_model
+from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
 from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ def _paste_settings() -> list[io.Input]:
             "Match the restored face's colour to the original's (per-channel mean and spread inside the mask), "
             "avoiding the colour casts GPEN can produce.")),
     ]
+
+
+def _image_and_mask_outputs() -> list[io.Output]:
+    return [io.Image.Output("image", tooltip="The image with the restored faces; frames without faces unchanged."),
+            io.Mask.Output("mask", tooltip="Where faces were pasted (1 inside, soft edge, 0 elsewhere), per frame.")]
 
 
 def _model_input() -> io.Input:
@@ -314,10 +320,7 @@ class GPENPasteFaces(io.ComfyNode):
                 io.Float.Input("opacity", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=(
                     "How much of the pasted face shows over the original inside the mask (1 = all).")),
             ],
-            outputs=[
-                io.Image.Output("image", tooltip="The image with the faces pasted in; frames without faces unchanged."),
-                io.Mask.Output("mask", tooltip="Where faces were pasted (1 inside, soft edge, 0 elsewhere), per frame."),
-            ],
+            outputs=_image_and_mask_outputs(),
         )
 
     @classmethod
@@ -351,10 +354,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 io.Image.Input("image", tooltip="The image or batch of frames whose faces to restore."),
                 _model_input(), _detector_input(), _strength(), *_selection(), _template(), *_paste_settings(),
             ],
-            outputs=[
-                io.Image.Output("image", tooltip="The image with restored faces; frames without faces unchanged."),
-                io.Mask.Output("mask", tooltip="Where faces were pasted (1 inside, soft edge, 0 elsewhere), per frame."),
-            ],
+            outputs=_image_and_mask_outputs(),
         )
 
     @classmethod
@@ -387,15 +387,9 @@ class GPENExtension(ComfyExtension):
 
 
 def _model_paths() -> dict[str, Path]:
-    """GPEN-loadable files in every registered facerestore_models folder: name relative to its folder -> path.
-
-    Listed here rather than with `folder_paths.get_filename_list` because other packs re-register the folder
-    with their own extensions (ReActor: .pth only), which would hide .onnx and .safetensors files."""
-    paths: dict[str, Path] = {}
-    for folder in map(Path, folder_paths.get_folder_paths(RESTORE_FOLDER)):
-        for path in find_models([folder]):
-            paths.setdefault(path.relative_to(folder).as_posix(), path)
-    return dict(sorted(paths.items()))
+    # Listed by us rather than with `folder_paths.get_filename_list`: other packs re-register the folder with their
+    # own extensions (ReActor: .pth only), which would hide .onnx and .safetensors files.
+    return models_by_name(map(Path, folder_paths.get_folder_paths(RESTORE_FOLDER)))
 
 
 def _model_path(model_name: str) -> Path:
@@ -468,25 +462,19 @@ def _on_device(net: FaceDetector | FaceParser | None) -> Iterator[None]:
         net.to(mm.unet_offload_device())
 
 
-_PARSERS: dict[tuple[str, int, int], FaceParser] = {}
+_PARSERS = FaceParserCache()
 
 
 @contextmanager
 def _parser(mask_shape: str | None) -> Iterator[FaceParser | None]:
-    """The face parser for the "parsing" mask, on the torch device while it is used (else None). Loaded once per
-    weights file (keyed by its path, size and modification time, so a replaced file is read again)."""
+    """The face parser for the "parsing" mask, on the torch device while it is used (else None)."""
     if mask_shape != "parsing":
         yield None
         return
-    model_dir = _weights_dir(KNOWN_WEIGHTS["parsenet"].filename)
-    path = model_dir / KNOWN_WEIGHTS["parsenet"].filename
-    stat = path.stat() if path.is_file() else None
-    key = (str(path), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0)
-    if key not in _PARSERS:
-        _PARSERS.clear()
-        _PARSERS[key] = load_face_parser(model_dir, device=mm.unet_offload_device(), progress=_download_progress())
-    with _on_device(_PARSERS[key]):
-        yield _PARSERS[key]
+    parser = _PARSERS.get(_weights_dir(KNOWN_WEIGHTS["parsenet"].filename), device=mm.unet_offload_device(),
+                          progress=_download_progress())
+    with _on_device(parser):
+        yield parser
 
 
 def _weights_dir(filename: str) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .images import check_image, to_rgb
-from .weights import ProgressCallback, load_state_dict_into, resolve_known_weights
+from .weights import KNOWN_WEIGHTS, ProgressCallback, load_state_dict_into, resolve_known_weights
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +95,26 @@ def load_face_parser(
     net = ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=PARSE_CLASSES)
     load_state_dict_into(net, path, "parsenet")
     return FaceParser(net.to(torch.device(device)).eval())
+
+
+class FaceParserCache:
+    """The last parser loaded, kept for reuse while its weights file stays the same (path, size and modification
+    time), so a replaced file is read again and nothing stale is ever used."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, int, int] | None = None
+        self._parser: FaceParser | None = None
+
+    def get(self, model_dir: str | Path, *, device: torch.device | str = "cpu",
+            progress: ProgressCallback | None = None) -> FaceParser:
+        """`load_face_parser(model_dir, ...)`, or the parser loaded before from the same, unchanged file (returned
+        wherever it was last moved)."""
+        path = Path(model_dir) / KNOWN_WEIGHTS["parsenet"].filename
+        stat = path.stat() if path.is_file() else None
+        key = (str(path), stat.st_size, stat.st_mtime_ns) if stat else None
+        if self._parser is None or key is None or key != self._key:
+            self._parser = load_face_parser(model_dir, device=device, progress=progress)
+            # A first use downloads the file: key it by what is there now.
+            stat = path.stat()
+            self._key = (str(path), stat.st_size, stat.st_mtime_ns)
+        return self._parser

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -77,3 +77,13 @@ def find_models(folders: Sequence[Path]) -> list[Path]:
         if folder.is_dir():
             found.extend(sorted(p for p in folder.rglob("*") if p.is_file() and is_gpen_file(p.name)))
     return found
+
+
+def models_by_name(folders: Iterable[Path]) -> dict[str, Path]:
+    """GPEN-loadable files in `folders` by their path relative to their folder (the first folder wins a name
+    clash), sorted by name: what a model list shows."""
+    paths: dict[str, Path] = {}
+    for folder in folders:
+        for path in find_models([folder]):
+            paths.setdefault(path.relative_to(folder).as_posix(), path)
+    return dict(sorted(paths.items()))

@@ -378,14 +378,17 @@ def test_detector_and_parser_wait_on_the_offload_device(nodes, comfy, models, mo
     from comfyui_gpen_restore import face_utils
 
     loads = []
-    real_load = face_utils.load_face_parser
+    real_load = face_utils.parsing.load_face_parser
 
     def counting_load(*args, **kwargs):
         loads.append(args)
         return real_load(*args, **kwargs)
 
     _write_parsenet(models / "facedetection")
-    monkeypatch.setattr(nodes, "load_face_parser", counting_load)
+    from comfyui_gpen_restore.face_utils import parsing
+
+    monkeypatch.setattr(parsing, "load_face_parser", counting_load)
+    monkeypatch.setattr(nodes, "_PARSERS", parsing.FaceParserCache())
     seen_devices = []
     monkeypatch.setattr(face_utils.FaceParser, "face_mask",
                         lambda self, crop, size=None: seen_devices.append(self.device) or np.ones(crop.shape[:2],
@@ -395,7 +398,7 @@ def test_detector_and_parser_wait_on_the_offload_device(nodes, comfy, models, mo
     for _ in range(2):
         paste(nodes, image_batch(grace), crops, faces, mask_shape="parsing")
     assert len(loads) == 1 and seen_devices == [comfy.model_management.get_torch_device()] * 2
-    parser = next(iter(nodes._PARSERS.values()))
+    parser = nodes._PARSERS.get(models / "facedetection")
     assert parser.device == comfy.model_management.unet_offload_device()
 
 
