@@ -176,8 +176,7 @@ class GPENFaceDetectorLoader:
     def load(self, detector: str) -> tuple[FaceDetector]:
         model_dir = _weights_dir(KNOWN_WEIGHTS[detector].filename)
         # Kept on the offload device between runs; the nodes that detect move it to the GPU while they work.
-        loaded = load_detector(detector, model_dir, device=model_management.unet_offload_device(),
-                               progress=_download_progress())
+        loaded = load_detector(detector, model_dir, device=model_management.unet_offload_device())
         return (loaded,)
 
 
@@ -553,18 +552,5 @@ def _load_parser() -> FaceParser:
     model_dir = _weights_dir(KNOWN_WEIGHTS[PARSER_WEIGHTS].filename)
     device = model_management.get_torch_device()
     model_management.free_memory(DETECTOR_MEMORY_BYTES, device)
-    return load_face_parser(model_dir, device=device, progress=_download_progress())
-
-
-def _download_progress() -> Callable[[int, int | None], None]:
-    """A download progress callback driving a ComfyUI progress bar, created on the first report."""
-    state: dict[str, comfy.utils.ProgressBar] = {}
-
-    def report(done: int, total: int | None) -> None:
-        if total:
-            if "bar" not in state:
-                state["bar"] = comfy.utils.ProgressBar(total)
-            state["bar"].update_absolute(done, total)
-
-    return report
+    return load_face_parser(model_dir, device=device)
 

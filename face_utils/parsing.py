@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .images import check_image, to_rgb
-from .weights import ProgressCallback, load_state_dict_into, resolve_known_weights
+from .weights import load_state_dict_into, resolve_known_weights
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +81,9 @@ def _first_tensor(module: torch.nn.Module) -> torch.Tensor:
     return torch.zeros(())
 
 
-def load_face_parser(
-    model_dir: str | Path,
-    *,
-    device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
-) -> FaceParser:
+def load_face_parser(model_dir: str | Path, *, device: torch.device | str = "cpu") -> FaceParser:
     """Load ParseNet from `model_dir/parsing_parsenet.pth` (downloaded there first if missing) onto `device`."""
-    path = resolve_known_weights("parsenet", model_dir, progress=progress)
+    path = resolve_known_weights("parsenet", model_dir)
     # Imported here: facexlib is only needed once a parser is wanted.
     from facexlib.parsing.parsenet import ParseNet
 

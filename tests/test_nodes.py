@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -78,7 +77,7 @@ def test_listing_inputs_loads_and_downloads_nothing(pack, monkeypatch):
     monkeypatch.setattr(pack.nodes, "load_gpen", forbidden)
     monkeypatch.setattr(pack.nodes, "load_detector", forbidden)
     monkeypatch.setattr(pack.nodes, "load_face_parser", forbidden)
-    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", forbidden)
     for cls in pack.NODE_CLASS_MAPPINGS.values():
         cls.INPUT_TYPES()
     models = pack.nodes.GPENModelLoader.INPUT_TYPES()["required"]["model_name"]
@@ -305,7 +304,8 @@ def test_detector_choice_really_changes_the_detector(pack, comfy, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    # All downloads go through torch.hub; failing it there keeps this test off the network.
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(RuntimeError, match="face_detection_yunet_2023mar.onnx.*facedetection"):
         load_detector(pack, "yunet")
 
