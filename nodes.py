@@ -210,8 +210,7 @@ class GPENFaceDetectorLoader(io.ComfyNode):
     def execute(cls, detector: str) -> io.NodeOutput:
         model_dir = _weights_dir(KNOWN_WEIGHTS[detector].filename)
         # Kept on the offload device between runs; the nodes that detect move it to the GPU while they work.
-        return io.NodeOutput(load_detector(detector, model_dir, device=mm.unet_offload_device(),
-                                           progress=_download_progress()))
+        return io.NodeOutput(load_detector(detector, model_dir, device=mm.unet_offload_device()))
 
 
 class GPENDetectFaces(io.ComfyNode):
@@ -471,8 +470,7 @@ def _parser(mask_shape: str | None) -> Iterator[FaceParser | None]:
     if mask_shape != "parsing":
         yield None
         return
-    parser = _PARSERS.get(_weights_dir(KNOWN_WEIGHTS["parsenet"].filename), device=mm.unet_offload_device(),
-                          progress=_download_progress())
+    parser = _PARSERS.get(_weights_dir(KNOWN_WEIGHTS["parsenet"].filename), device=mm.unet_offload_device())
     with _on_device(parser):
         yield parser
 
@@ -481,14 +479,3 @@ def _weights_dir(filename: str) -> Path:
     """The facedetection folder holding `filename`, else the first one (where it is then downloaded)."""
     folders = [Path(p) for p in folder_paths.get_folder_paths(DETECTION_FOLDER)]
     return folder_with_file(filename, folders) or folders[0]
-
-
-def _download_progress() -> Callable[[int, int | None], None]:
-    """A download progress callback driving a ComfyUI progress bar, created on the first report."""
-    state: dict[str, comfy.utils.ProgressBar] = {}
-
-    def report(done: int, total: int | None) -> None:
-        if total:
-            state.setdefault("bar", comfy.utils.ProgressBar(total)).update_absolute(done, total)
-
-    return report

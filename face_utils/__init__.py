@@ -18,18 +18,18 @@ Records (`face_utils.records`)
         is_aligned, box_size.
 
 Weights (`face_utils.weights`)
-    resolve_weights(filename, model_dir, *, url, sha256, progress=None, timeout_s=60) -> Path: a file already in
-        model_dir is used as is (trusted: users may place other compatible training runs); a missing one is
-        downloaded to a temporary file in model_dir, checked against sha256 and only then renamed into place.
-        progress(bytes_done, bytes_total_or_None) is called per chunk. Raises WeightsUnavailableError (offline,
-        HTTP error; the message names the file, the address and the folder) or ChecksumError (a subclass; the
-        download is deleted).
+    resolve_weights(filename, model_dir, *, url, sha256) -> Path: a file already in model_dir is used as is
+        (trusted: users may place other compatible training runs); a missing one is downloaded by
+        torch.hub.download_url_to_file (progress bar on stderr) to a temporary file in model_dir, checked against
+        the full sha256 and only then renamed into place. Raises WeightsUnavailableError (offline, HTTP error,
+        connection lost; the message names the file, the address and the folder) or ChecksumError (a subclass;
+        also a truncated download; the download is deleted).
     KNOWN_WEIGHTS: key -> WeightsSpec(filename, url, sha256) for "retinaface_resnet50", "retinaface_mobile0.25",
-        "yunet" and "parsenet"; resolve_known_weights(key, model_dir, *, progress=None).
+        "yunet" and "parsenet"; resolve_known_weights(key, model_dir).
 
 Detection (`face_utils.detection`)
     DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25", "yunet")
-    load_detector(name, model_dir, *, device="cpu", progress=None) -> FaceDetector: RetinaFace from facexlib
+    load_detector(name, model_dir, *, device="cpu") -> FaceDetector: RetinaFace from facexlib
         (weights loaded by us with weights_only=True and strict keys, so facexlib never downloads) on `device`;
         YuNet through cv2.FaceDetectorYN on the CPU. Bad name -> ValueError listing DETECTORS.
     FaceDetector.detect(image, *, frame_index=0, score_threshold=0.9, detection_size=1024, min_face_size=0)
@@ -69,7 +69,7 @@ Paste-back (`face_utils.paste`)
         CanvasMismatchError unless the canvas is the frame uniformly scaled (up to rounding of its size).
 
 Face parsing (`face_utils.parsing`)
-    load_face_parser(model_dir, *, device="cpu", progress=None) -> FaceParser (facexlib's ParseNet,
+    load_face_parser(model_dir, *, device="cpu") -> FaceParser (facexlib's ParseNet,
         parsing_parsenet.pth, resolved like detector weights).
     FaceParser.to(device); FaceParser.face_mask(crop, *, size=None) -> float32 [S, S] in 0..1, the probability of the face classes
         (`FACE_CLASSES`: skin, brows, eyes, glasses, ears, earrings, nose, mouth, lips, hair).

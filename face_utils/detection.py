@@ -14,7 +14,7 @@ import torch
 
 from .images import check_image, to_rgb
 from .records import FaceRecord
-from .weights import KNOWN_WEIGHTS, ProgressCallback, load_state_dict_into, resolve_known_weights
+from .weights import KNOWN_WEIGHTS, load_state_dict_into, resolve_known_weights
 
 logger = logging.getLogger(__name__)
 
@@ -188,13 +188,7 @@ class YuNetDetector(FaceDetector):
         return boxes, rows[:, 14], rows[:, 4:14].reshape(-1, 5, 2)
 
 
-def load_detector(
-    name: str,
-    model_dir: str | Path,
-    *,
-    device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
-) -> FaceDetector:
+def load_detector(name: str, model_dir: str | Path, *, device: torch.device | str = "cpu") -> FaceDetector:
     """Load detector `name` (one of `DETECTORS`) with weights from `model_dir`.
 
     The weights file (`KNOWN_WEIGHTS[name].filename`) is used if present there, else downloaded into it first
@@ -203,7 +197,7 @@ def load_detector(
     """
     if name not in DETECTORS:
         raise ValueError(f"Unknown face detector {name!r}; expected one of {DETECTORS}")
-    path = resolve_known_weights(name, model_dir, progress=progress)
+    path = resolve_known_weights(name, model_dir)
     if name == "yunet":
         try:
             return YuNetDetector(name, path)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .images import check_image, to_rgb
-from .weights import KNOWN_WEIGHTS, ProgressCallback, load_state_dict_into, resolve_known_weights
+from .weights import KNOWN_WEIGHTS, load_state_dict_into, resolve_known_weights
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +81,9 @@ def _first_tensor(module: torch.nn.Module) -> torch.Tensor:
     return torch.zeros(())
 
 
-def load_face_parser(
-    model_dir: str | Path,
-    *,
-    device: torch.device | str = "cpu",
-    progress: ProgressCallback | None = None,
-) -> FaceParser:
+def load_face_parser(model_dir: str | Path, *, device: torch.device | str = "cpu") -> FaceParser:
     """Load ParseNet from `model_dir/parsing_parsenet.pth` (downloaded there first if missing) onto `device`."""
-    path = resolve_known_weights("parsenet", model_dir, progress=progress)
+    path = resolve_known_weights("parsenet", model_dir)
     # Imported here: facexlib is only needed once a parser is wanted.
     from facexlib.parsing.parsenet import ParseNet
 
@@ -105,15 +100,14 @@ class FaceParserCache:
         self._key: tuple[str, int, int] | None = None
         self._parser: FaceParser | None = None
 
-    def get(self, model_dir: str | Path, *, device: torch.device | str = "cpu",
-            progress: ProgressCallback | None = None) -> FaceParser:
+    def get(self, model_dir: str | Path, *, device: torch.device | str = "cpu") -> FaceParser:
         """`load_face_parser(model_dir, ...)`, or the parser loaded before from the same, unchanged file (returned
         wherever it was last moved)."""
         path = Path(model_dir) / KNOWN_WEIGHTS["parsenet"].filename
         stat = path.stat() if path.is_file() else None
         key = (str(path), stat.st_size, stat.st_mtime_ns) if stat else None
         if self._parser is None or key is None or key != self._key:
-            self._parser = load_face_parser(model_dir, device=device, progress=progress)
+            self._parser = load_face_parser(model_dir, device=device)
             # A first use downloads the file: key it by what is there now.
             stat = path.stat()
             self._key = (str(path), stat.st_size, stat.st_mtime_ns)

@@ -2,37 +2,33 @@
 
 Policy: a file the user placed in the folder is trusted and used as is (it may be another training run with the
 same layout, as the test fixture detector is); only what we download is checked against its published SHA-256.
-A download goes to a temporary file in the same folder and is renamed into place only once complete and verified,
-so an interrupted or corrupted download never leaves a file that looks valid. Nothing here runs at import time.
+Downloads go through `torch.hub.download_url_to_file`, so the pack carries no network code of its own (the
+ComfyUI registry's scanner flags packs that do). That function writes to a temporary file beside the target,
+checks the SHA-256 we pass as `hash_prefix` (all 64 digits, so the whole digest is compared), moves the file into
+place only when it matches, and deletes the temporary file on every failure: an interrupted or corrupted download
+never leaves a file that looks valid. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
-import os
 import pickle
 import zipfile
-import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.hub
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, "int | None"], None]
-"""Called as progress(bytes_done, bytes_total_or_None) while a file downloads."""
 
 # The ComfyUI model folder for detector and face-parser weights, as ReActor and facerestore_cf use it.
 DETECTION_FOLDER = "facedetection"
 DETECTION_EXTENSIONS = (".pth", ".onnx")  # RetinaFace and ParseNet are .pth, YuNet is .onnx
-DOWNLOAD_CHUNK_BYTES = 1 << 20
-DOWNLOAD_TIMEOUT_S = 60.0
+# The start of torch.hub's message when the downloaded bytes do not have the expected SHA-256 (torch 2.x); the only
+# RuntimeError `download_url_to_file` raises itself.
+TORCH_HUB_HASH_MISMATCH = "invalid hash value"
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -82,25 +78,19 @@ KNOWN_WEIGHTS: dict[str, WeightsSpec] = {
 }
 
 
-def resolve_weights(
-    filename: str,
-    model_dir: str | Path,
-    *,
-    url: str,
-    sha256: str,
-    progress: ProgressCallback | None = None,
-    timeout_s: float = DOWNLOAD_TIMEOUT_S,
-) -> Path:
+def resolve_weights(filename: str, model_dir: str | Path, *, url: str, sha256: str) -> Path:
     """Path of `filename` in `model_dir`, downloading it from `url` first if it is not there.
 
-    A present file is returned without reading it (trusted: the user put it there). A downloaded file must have
-    the SHA-256 `sha256` (hex) or it is deleted and `ChecksumError` is raised. `progress(done, total)` is called
-    after every chunk (total is None when the server does not say).
+    A present file is returned without reading it (trusted: the user put it there). A missing one is downloaded
+    with `torch.hub.download_url_to_file`, which shows its progress bar on stderr (ComfyUI's console) and must
+    end with the SHA-256 `sha256` (64 hex digits), else it is deleted. torch.hub sets no network timeout: a server
+    that stops sending mid-file keeps the call waiting until the connection drops.
 
     Raises:
-        WeightsUnavailableError: the download failed (offline, HTTP error); the message names the file, the
-            address and the folder to put it in by hand.
-        ChecksumError: the downloaded bytes do not match `sha256`; nothing is left behind.
+        WeightsUnavailableError: the download failed (offline, HTTP error, connection lost, disk full); the
+            message names the file, the address and the folder to put it in by hand.
+        ChecksumError: the downloaded bytes do not match `sha256` (a truncated download ends here too, since
+            torch.hub does not compare the length with Content-Length); nothing is left behind.
     """
     if Path(filename).name != filename or not filename:
         raise ValueError(f"filename must be a bare file name, got {filename!r}")
@@ -121,20 +111,22 @@ def resolve_weights(
             f"{url} yourself and put it there as {filename}."
         ) from exc
 
-    # Same folder as the target, so the final rename is atomic and never crosses file systems.
-    fd, temp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=folder)
-    temp_path = Path(temp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _download(url, out, progress=progress, timeout_s=timeout_s, filename=filename, folder=folder)
-        if actual != expected:
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=expected, progress=True)
+    except Exception as exc:
+        # torch.hub lets the standard library's HTTP errors through: URLError/HTTPError and other OSErrors
+        # (refused, reset, disk full), and protocol errors such as IncompleteRead (a truncated chunked body),
+        # which are not OSErrors. Each means "the file is not available"; the cause stays attached.
+        if isinstance(exc, RuntimeError) and str(exc).startswith(TORCH_HUB_HASH_MISMATCH):
             raise ChecksumError(
-                f"Downloaded {filename} from {url} but its SHA-256 is {actual}, expected {expected}. The file was "
-                f"deleted. Try again later, or download it yourself and put it in {folder}."
-            )
-        os.replace(temp_path, target)
-    finally:
-        temp_path.unlink(missing_ok=True)
+                f"Downloaded {filename} from {url}, but it is not the published file (torch.hub: {exc}; expected "
+                f"SHA-256 {expected}). The download was incomplete or altered and the file was deleted. Try again "
+                f"later, or download it yourself and put it in {folder} as {filename}."
+            ) from exc
+        raise WeightsUnavailableError(
+            f"Could not download {filename} from {url} ({type(exc).__name__}: {exc}). If this machine is offline, "
+            f"download that address elsewhere and put the file in {folder} as {filename}."
+        ) from exc
     logger.info("Saved %s (SHA-256 verified)", target)
     return target
 
@@ -144,15 +136,13 @@ def folder_with_file(filename: str, folders: Sequence[Path]) -> Path | None:
     return next((folder for folder in folders if (folder / filename).is_file()), None)
 
 
-def resolve_known_weights(
-    key: str, model_dir: str | Path, *, progress: ProgressCallback | None = None
-) -> Path:
+def resolve_known_weights(key: str, model_dir: str | Path) -> Path:
     """`resolve_weights` for one of `KNOWN_WEIGHTS` (by key, for example "retinaface_resnet50")."""
     try:
         spec = KNOWN_WEIGHTS[key]
     except KeyError:
         raise ValueError(f"Unknown weights {key!r}; expected one of {sorted(KNOWN_WEIGHTS)}") from None
-    return resolve_weights(spec.filename, model_dir, url=spec.url, sha256=spec.sha256, progress=progress)
+    return resolve_weights(spec.filename, model_dir, url=spec.url, sha256=spec.sha256)
 
 
 def load_state_dict_into(net: torch.nn.Module, path: Path, key: str) -> torch.nn.Module:
@@ -180,35 +170,3 @@ def load_state_dict_into(net: torch.nn.Module, path: Path, key: str) -> torch.nn
             f"{path} is not a {key} checkpoint with facexlib's layout ({str(exc).splitlines()[0]}). {expected}"
         ) from exc
     return net
-
-
-def _download(
-    url: str, out, *, progress: ProgressCallback | None, timeout_s: float, filename: str, folder: Path
-) -> str:
-    """Stream `url` into the open binary file `out`; returns the hex SHA-256 of what was written."""
-    digest = hashlib.sha256()
-    request = urllib.request.Request(url, headers={"User-Agent": "comfyui-gpen-restore"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            done = 0
-            if progress is not None:
-                progress(done, total)
-            while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        raise WeightsUnavailableError(
-            f"Could not download {filename} from {url} ({exc}). If this machine is offline, download that address "
-            f"elsewhere and put the file in {folder} as {filename}."
-        ) from exc
-    if total is not None and done != total:
-        raise WeightsUnavailableError(
-            f"Download of {filename} from {url} stopped after {done} of {total} bytes. Try again, or put the file in "
-            f"{folder} yourself."
-        )
-    return digest.hexdigest()
