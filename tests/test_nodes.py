@@ -425,3 +425,28 @@ def _write_parsenet(folder: Path) -> None:
     torch.manual_seed(0)
     net = ParseNet(in_size=512, out_size=512, parsing_ch=19)
     torch.save(net.state_dict(), folder / "parsing_parsenet.pth")
+
+
+def test_listing_the_nodes_loads_and_downloads_nothing(nodes, models, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"download while listing inputs: {args}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    for cls in node_list(nodes):
+        cls.GET_NODE_INFO_V1()
+
+
+def test_an_offline_detector_names_the_file_its_address_and_the_folder(nodes, models, monkeypatch):
+    import urllib.error
+
+    from comfyui_gpen_restore.face_utils import WeightsUnavailableError
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsUnavailableError) as error:
+        nodes.GPENFaceDetectorLoader.execute("retinaface_resnet50")
+    message = str(error.value)
+    assert "detection_Resnet50_Final.pth" in message and "https://" in message
+    assert str(models / "facedetection") in message
