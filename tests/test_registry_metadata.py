@@ -95,3 +95,20 @@ def test_comfyignore_keeps_development_files_out_of_the_package():
         assert needed in published, needed
     assert sum(path.startswith("workflows/") for path in published) == sum(
         path.startswith("workflows/") for path in tracked)
+
+
+# Import names of the declared distributions (PyPI name -> module).
+IMPORT_NAMES = {"numpy": "numpy", "opencv-python": "cv2", "facexlib": "facexlib", "safetensors": "safetensors",
+                "onnxruntime": "onnxruntime"}
+
+
+def test_every_declared_dependency_is_imported_by_the_pack(pyproject):
+    requirements = [line.strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    declared = pyproject["project"]["dependencies"]
+    assert sorted(requirements) == sorted(declared)
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in REPO_ROOT.glob("*.py")) + "\n".join(
+        p.read_text(encoding="utf-8") for folder in ("gpen_arch", "face_utils") for p in (REPO_ROOT / folder).glob("*.py"))
+    for name in [*declared, *pyproject["project"]["optional-dependencies"]["onnx"]]:
+        module = IMPORT_NAMES[name]
+        assert re.search(rf"^\s*(import {module}\b|from {module}\b)", sources, re.M), f"{name} is declared, never imported"
