@@ -7,6 +7,7 @@ declared once below: `GPEN_MODEL` (a `GpenModel`), `FACE_DETECTOR` (a `face_util
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -133,6 +134,19 @@ def _detector_input() -> io.Input:
     return FaceDetectorSocket.Input("face_detector", tooltip=f"From '{TITLES['GPENFaceDetectorLoader']}'.")
 
 
+def _named_errors(execute: Callable) -> Callable:
+    """Wrap a node's `execute` so that bad or mismatched inputs (a `ValueError`) come back naming the node."""
+
+    @functools.wraps(execute)
+    def named(cls, *args, **kwargs):
+        try:
+            return execute(cls, *args, **kwargs)
+        except ValueError as exc:
+            raise type(exc)(f"{TITLES[cls.__name__]}: {exc}") from exc
+
+    return named
+
+
 def _schema(node_id: str, **fields) -> io.Schema:
     return io.Schema(node_id=node_id, display_name=TITLES[node_id], **fields)
 
@@ -172,6 +186,7 @@ class GPENModelLoader(io.ComfyNode):
         return (model_name, precision, compile, stat and stat.st_size, stat and stat.st_mtime_ns)
 
     @classmethod
+    @_named_errors
     def execute(cls, model_name: str, precision: str, compile: bool = False) -> io.NodeOutput:
         path = _model_path(model_name)
         device = mm.get_torch_device()
@@ -207,6 +222,7 @@ class GPENFaceDetectorLoader(io.ComfyNode):
         )
 
     @classmethod
+    @_named_errors
     def execute(cls, detector: str) -> io.NodeOutput:
         model_dir = _weights_dir(KNOWN_WEIGHTS[detector].filename)
         # Kept on the offload device between runs; the nodes that detect move it to the GPU while they work.
@@ -238,19 +254,19 @@ class GPENDetectFaces(io.ComfyNode):
         )
 
     @classmethod
+    @_named_errors
     def execute(cls, image, face_detector, face_size, template, score_threshold, order, face_index, max_faces,
                 gpen_model: GpenModel | None = None) -> io.NodeOutput:
-        title = TITLES["GPENDetectFaces"]
         check_image(image)
         crop_size = gpen_model.size if gpen_model is not None else face_size
-        settings = _detect_settings(title, crop_size, template, score_threshold, order, face_index, max_faces)
+        settings = DetectSettings(crop_size=crop_size, template=template, score_threshold=score_threshold,
+                                  order=order, index=face_index, max_faces=max_faces)
         with _on_device(face_detector):
             faces = detect_faces(image, face_detector, settings,
                                  check_interrupted=mm.throw_exception_if_processing_interrupted)
-        _log_faces(title, faces, "paste-back will pass the image through unchanged")
+        _log_faces(cls, faces, "paste-back will pass the image through unchanged")
         if len(faces):
-            crops = _node_error(title, warp_crops, image, faces,
-                                free_bytes=mm.get_free_memory(mm.intermediate_device()))
+            crops = warp_crops(image, faces, free_bytes=mm.get_free_memory(mm.intermediate_device()))
         else:
             # ComfyUI's image nodes (VAE Encode, upscalers) fail on an empty batch: one black crop flows to them,
             # which the restore node recognises and never runs GPEN on.
@@ -282,8 +298,8 @@ class GPENRestoreFaces(io.ComfyNode):
         )
 
     @classmethod
+    @_named_errors
     def execute(cls, gpen_model: GpenModel, face_crops, strength, faces: FaceSet | None = None) -> io.NodeOutput:
-        title = TITLES["GPENRestoreFaces"]
         check_image(face_crops, name="face_crops")
         size = gpen_model.size
         out = torch.zeros((face_crops.shape[0], size, size, 3), dtype=torch.float32)
@@ -295,9 +311,9 @@ class GPENRestoreFaces(io.ComfyNode):
         if count:
             restore = _bind_restorer(gpen_model, count, strength)
             progress = comfy.utils.ProgressBar(count)
-            out[todo] = _node_error(title, restore, face_crops[todo], lambda: progress.update(1))
+            out[todo] = restore(face_crops[todo], lambda: progress.update(1))
         skipped = face_crops.shape[0] - count
-        logger.info("%s: restored %d crop(s) with %s%s", title, count, gpen_model.runner.name,
+        logger.info("%s: restored %d crop(s) with %s%s", TITLES[cls.__name__], count, gpen_model.runner.name,
                     f"; {skipped} black placeholder crop(s) passed through unrestored" if skipped else "")
         return io.NodeOutput(out.to(mm.intermediate_device()))
 
@@ -323,19 +339,20 @@ class GPENPasteFaces(io.ComfyNode):
         )
 
     @classmethod
+    @_named_errors
     def execute(cls, image, face_crops, faces: FaceSet, mask_shape, erosion, feather, color_correction,
                 opacity) -> io.NodeOutput:
-        title = TITLES["GPENPasteFaces"]
         check_image(image)
         check_image(face_crops, name="face_crops")
-        settings = _node_error(title, PasteSettings, mask_shape=mask_shape, erosion=erosion, feather=feather,
-                               strength=opacity, color_correction=color_correction)
+        settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather, strength=opacity,
+                                 color_correction=color_correction)
         if not len(faces):
-            logger.info("%s: no faces to paste (%s); the image passes through unchanged", title, faces.summary())
+            logger.info("%s: no faces to paste (%s); the image passes through unchanged", TITLES[cls.__name__],
+                        faces.summary())
             face_crops = face_crops[:0]
         with _parser(mask_shape if len(faces) else None) as parser:
-            out, mask = _node_error(title, paste_back, image, face_crops, faces, settings, parser=parser,
-                                    check_interrupted=mm.throw_exception_if_processing_interrupted)
+            out, mask = paste_back(image, face_crops, faces, settings, parser=parser,
+                                   check_interrupted=mm.throw_exception_if_processing_interrupted)
         device = mm.intermediate_device()
         return io.NodeOutput(out.to(device), mask.to(device))
 
@@ -357,24 +374,24 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
         )
 
     @classmethod
+    @_named_errors
     def execute(cls, image, gpen_model: GpenModel, face_detector, strength, score_threshold, order, face_index,
                 max_faces, template, mask_shape, erosion, feather, color_correction) -> io.NodeOutput:
-        title = TITLES["GPENRestoreFacesOneNode"]
         check_image(image)
-        detect_settings = _detect_settings(title, gpen_model.size, template, score_threshold, order, face_index,
-                                           max_faces)
-        paste_settings = _node_error(title, PasteSettings, mask_shape=mask_shape, erosion=erosion, feather=feather,
-                                     color_correction=color_correction)
+        detect_settings = DetectSettings(crop_size=gpen_model.size, template=template, score_threshold=score_threshold,
+                                         order=order, index=face_index, max_faces=max_faces)
+        paste_settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather,
+                                       color_correction=color_correction)
         # Sized for a few faces per frame; the runner halves its batch if memory runs out.
         restore = _bind_restorer(gpen_model, MAX_BATCH_SIZE, strength)
         progress = comfy.utils.ProgressBar(image.shape[0])
         with _on_device(face_detector), _parser(mask_shape) as parser:
-            out, mask, faces = _node_error(
-                title, restore_frames, image, face_detector, restore, detect_settings, paste_settings,
-                parser=parser, on_progress=lambda done, total: progress.update_absolute(done, total),
+            out, mask, faces = restore_frames(
+                image, face_detector, restore, detect_settings, paste_settings, parser=parser,
+                on_progress=lambda done, total: progress.update_absolute(done, total),
                 check_interrupted=mm.throw_exception_if_processing_interrupted,
             )
-        _log_faces(title, faces, "the image passes through unchanged, the mask is empty")
+        _log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()
         return io.NodeOutput(out.to(device), mask.to(device))
 
@@ -407,20 +424,6 @@ def _model_path(model_name: str) -> Path:
     return Path(path)
 
 
-def _node_error(title: str, function: Callable, *args, **kwargs):
-    """Call `function`; a `ValueError` (bad or mismatched inputs) comes back naming the node."""
-    try:
-        return function(*args, **kwargs)
-    except ValueError as exc:
-        raise type(exc)(f"{title}: {exc}") from exc
-
-
-def _detect_settings(title: str, crop_size: int, template: str, score_threshold: float, order: str, face_index: str,
-                     max_faces: int) -> DetectSettings:
-    return _node_error(title, DetectSettings, crop_size=crop_size, template=template, score_threshold=score_threshold,
-                       order=order, index=face_index, max_faces=max_faces)
-
-
 def _bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> RestoreFn:
     """Place the model through ComfyUI's model management and return `restore(crops, on_face)`."""
     runner = gpen_model.runner
@@ -439,11 +442,11 @@ def _bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> Restor
     return restore
 
 
-def _log_faces(title: str, faces: FaceSet, consequence: str) -> None:
+def _log_faces(node: type, faces: FaceSet, consequence: str) -> None:
     if len(faces):
-        logger.info("%s: %s", title, faces.summary())
+        logger.info("%s: %s", TITLES[node.__name__], faces.summary())
     else:
-        logger.warning("%s: %s, none to restore; %s", title, faces.summary(), consequence)
+        logger.warning("%s: %s, none to restore; %s", TITLES[node.__name__], faces.summary(), consequence)
 
 
 @contextmanager

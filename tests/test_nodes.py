@@ -450,3 +450,8 @@ def test_an_offline_detector_names_the_file_its_address_and_the_folder(nodes, mo
     message = str(error.value)
     assert "detection_Resnet50_Final.pth" in message and "https://" in message
     assert str(models / "facedetection") in message
+
+
+def test_a_wrong_input_type_names_the_node_and_what_to_connect(nodes, model):
+    with pytest.raises(ValueError, match=r"Restore faces \(GPEN\): `face_crops` must be an IMAGE.*got .*\[3, 64, 64\]"):
+        nodes.GPENRestoreFaces.execute(model, torch.rand(3, 64, 64), 0.8)
