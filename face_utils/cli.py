@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
 from . import pipeline
@@ -34,14 +32,13 @@ from . import (
 from ..gpen_arch import UnsupportedCheckpointError, load_gpen
 from ..gpen_arch.errors import MissingDependencyError
 from ..gpen_arch.files import DOWNLOAD_HINT, RESTORE_FOLDER, find_models, preferred_model
+from .image_files import IMAGE_SUFFIXES, ImageFileError, output_problem, read_image, write_image
 from .weights import DETECTION_FOLDER, folder_with_file
 
 logger = logging.getLogger(__name__)
 
 PACK_DIR = Path(__file__).resolve().parents[1]  # the pack's folder: custom_nodes/<pack> inside a ComfyUI
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what OpenCV reads and writes
 DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression artefacts
-SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # formats OpenCV writes with 16 bits per channel
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -157,15 +154,12 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     failures: list[str] = []
     if args.aligned:
         for job in jobs:
-            read = _read_or_record(job.source, failures)
-            if read is not None:
-                image, depth = read
-                try:
-                    restored = restore(frames_to_image([image]), progress.face)
-                except pipeline.FaceInputError as exc:  # not a square crop: this image fails, the others go on
-                    failures.append(f"{job.source}: {exc}")
-                else:
-                    write_image(job.target, restored[0].numpy(), depth)
+            try:
+                image, depth = read_image(job.source)
+                restored = restore(frames_to_image([image]), progress.face)
+                write_image(job.target, restored[0].numpy(), depth)
+            except (ImageFileError, pipeline.FaceInputError) as exc:  # this image fails, the others go on
+                failures.append(_failure(job, exc))
             progress.image_done()
     else:
         detector_dir = args.detector_dir or default_detector_dir(roots, model_path, args.detector)
@@ -179,9 +173,8 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
             order=args.order, index=args.face_index, max_faces=args.max_faces,
         )
         for job in jobs:
-            read = _read_or_record(job.source, failures)
-            if read is not None:
-                image, depth = read
+            try:
+                image, depth = read_image(job.source)
                 out, _mask, faces = pipeline.restore_frames(
                     frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
                     detect_settings, paste_settings, parser=parser,
@@ -189,14 +182,22 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
                 if faces == 0:
                     logger.warning("No face found in %s; written unchanged", job.source)
                 write_image(job.target, out[0].numpy(), depth)
+            except (ImageFileError, pipeline.FaceInputError) as exc:
+                failures.append(_failure(job, exc))
             progress.image_done()
     progress.finish()
     if failures:
-        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be restored:", file=sys.stderr)
+        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be restored; the others were written:",
+              file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _failure(job: Job, exc: Exception) -> str:
+    """One line on why `job` failed; image-file errors already name their file."""
+    return str(exc) if isinstance(exc, ImageFileError) else f"{job.source}: {exc}"
 
 
 def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
@@ -216,7 +217,9 @@ def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
         else:
             raise CommandLineError(f"--input {item}: no such file or folder")
     if len(sources) == 1 and output.suffix.lower() in IMAGE_SUFFIXES:
-        return [Job(sources[0][0], output)]
+        jobs = [Job(sources[0][0], output)]
+        check_outputs(jobs, output)
+        return jobs
     if output.suffix.lower() in IMAGE_SUFFIXES:
         raise CommandLineError(
             f"--output {output} is a file name but there are {len(sources)} input images; give a folder instead"
@@ -227,7 +230,18 @@ def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
     if clashes:
         raise CommandLineError(f"Several inputs would be written to the same output: {', '.join(clashes)}; "
                                "rename them or run them separately")
+    check_outputs(jobs, output)
     return jobs
+
+
+def check_outputs(jobs: Sequence[Job], output: Path) -> None:
+    """Refuse, before any work, outputs that cannot be written: a target that is a folder, a file where a folder
+    must be created, a folder without write permission."""
+    for job in jobs:
+        problem = output_problem(job.target)
+        if problem is not None:
+            raise CommandLineError(f"--output {output}: {problem}; remove what is in the way or choose another "
+                                   "--output")
 
 
 def default_model(roots: Sequence[Path]) -> Path:
@@ -252,51 +266,6 @@ def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) 
     if model_folder.name == RESTORE_FOLDER:
         candidates.insert(0, model_folder.parent / DETECTION_FOLDER)
     return folder_with_file(KNOWN_WEIGHTS[weights].filename, candidates) or candidates[0]
-
-
-def read_image(path: Path) -> tuple[np.ndarray, int]:
-    """An image file as float32 `[H, W, C]` RGB(A) or grey in [0, 1], upright (EXIF orientation applied), and
-    the bit depth to write results in: 16 for 16-bit and floating-point files, else 8."""
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise CommandLineError(f"{path}: OpenCV cannot read this file as an image")
-    if data.ndim == 2 or data.shape[2] != 4:
-        # IMREAD_UNCHANGED ignores EXIF orientation (phone photos would come out sideways); without an alpha
-        # channel to keep, read again the way that applies it.
-        data = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
-    depth = 16 if data.dtype in (np.uint16, np.float32, np.float64) else 8
-    scale = {np.dtype(np.uint16): 65535.0, np.dtype(np.uint8): 255.0}.get(data.dtype, 1.0)
-    if data.ndim == 2:
-        data = data[:, :, None]
-    elif data.shape[2] == 3:
-        data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)  # OpenCV boundary: BGR on disk, RGB inside
-    elif data.shape[2] == 4:
-        data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA)
-    return (data.astype(np.float32) / scale).clip(0, 1), depth
-
-
-def write_image(path: Path, image: np.ndarray, depth: int = 8) -> None:
-    """Write float `[H, W, C]` RGB(A) or grey in [0, 1], creating folders as needed: 16-bit when `depth` is 16
-    and the format has it (PNG, TIFF), else 8-bit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if depth == 16 and path.suffix.lower() in SIXTEEN_BIT_SUFFIXES:
-        data = np.clip(np.rint(image * 65535.0), 0, 65535).astype(np.uint16)
-    else:
-        data = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    if data.shape[2] == 3:
-        data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
-    elif data.shape[2] == 4:
-        data = cv2.cvtColor(data, cv2.COLOR_RGBA2BGRA)
-    if not cv2.imwrite(str(path), data):
-        raise CommandLineError(f"{path}: OpenCV could not write this file (unsupported extension or no access)")
-
-
-def _read_or_record(path: Path, failures: list[str]) -> tuple[np.ndarray, int] | None:
-    try:
-        return read_image(path)
-    except CommandLineError as exc:
-        failures.append(str(exc))
-        return None
 
 
 class ProgressLine:

@@ -3,6 +3,8 @@ it gives what the nodes give."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,6 @@ import torch
 from comfy_doubles import REPO_ROOT
 from comfyui_gpen_restore.face_utils import cli
 from nodes_support import DETECTOR, comfy, image_batch, models_dir, pack, read_rgb, save_gpen  # noqa: F401
-
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_unreadable_images_are_reported_and_the_others_restored(models_dir, home
     (folder / "broken.png").write_bytes(b"not a png")
     assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
     assert (home / "out" / "astronaut.png").is_file() and not (home / "out" / "broken.png").exists()
-    assert "broken.png: OpenCV cannot read" in capsys.readouterr().err
+    assert "broken.png: not an image: OpenCV cannot decode it" in capsys.readouterr().err
 
 
 def test_images_without_faces_are_written_unchanged(models_dir, home, caplog):
@@ -196,3 +197,101 @@ def test_a_non_square_crop_with_aligned_fails_alone(models_dir, home, capsys):
     assert run(["--input", crops, "--output", home / "out", "--aligned", *base_args(models_dir)], home) == 1
     assert (home / "out" / "b_square.png").is_file() and not (home / "out" / "a_wide.png").exists()
     assert "a_wide.png" in capsys.readouterr().err
+
+
+# --- what a new user ran into ----------------------------------------------------------------------------------
+
+
+def one_error_line(err: str) -> str:
+    """The single `error: ...` line a setup error prints, checked to be the only output besides progress."""
+    lines = [line for line in err.splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_a_truncated_image_fails_alone(models_dir, home, fixtures_dir, capsys):
+    folder = home / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
+    data = (fixtures_dir / "images" / "grace_hopper.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) * 6 // 10])  # the decoder would grey-fill the rest
+    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert (home / "out" / "astronaut.png").is_file() and not (home / "out" / "cut.png").exists()
+    assert f"cut.jpg: truncated or corrupt image ({len(data) * 6 // 10:,} bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["jpeg_cut", "png_cut", "png_bit_flip", "webp_cut"])
+def test_incomplete_images_are_refused_whatever_the_decoder_does(home, fixtures_dir, damage):
+    if damage.startswith("jpeg"):
+        data = (fixtures_dir / "images" / "grace_hopper.jpg").read_bytes()
+        data = data[: len(data) - 100]
+    elif damage.startswith("png"):
+        data = bytearray((fixtures_dir / "images" / "astronaut.png").read_bytes())
+        if damage == "png_cut":
+            data = data[: len(data) - 20]  # inside the last IDAT chunk or the IEND chunk
+        else:
+            data[len(data) // 2] ^= 0x01  # a checksum catches what the decoder may not
+    else:
+        ok, encoded = cv2.imencode(".webp", np.full((32, 32, 3), 100, np.uint8))
+        data = encoded.tobytes()[:-10]
+    path = home / f"damaged{'.jpg' if damage.startswith('jpeg') else '.png' if 'png' in damage else '.webp'}"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="truncated or corrupt image"):  # an ImageFileError
+        cli.read_image(path)
+
+
+def test_whole_images_pass_the_completeness_check(home, fixtures_dir):
+    for name in ("astronaut.png", "grace_hopper.jpg"):
+        image, depth = cli.read_image(fixtures_dir / "images" / name)
+        assert image.ndim == 3 and depth == 8
+    for suffix in (".webp", ".bmp", ".tif"):
+        ok, encoded = cv2.imencode(suffix, np.full((16, 24, 3), 200, np.uint8))
+        (home / f"whole{suffix}").write_bytes(encoded.tobytes())
+        assert cli.read_image(home / f"whole{suffix}")[0].shape == (16, 24, 3)
+
+
+def test_empty_and_non_image_inputs_are_named_so(models_dir, home, fixtures_dir, capsys):
+    folder = home / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "page.png").write_text("<html>404 Not Found</html>")
+    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    err = capsys.readouterr().err
+    assert "empty.jpg: empty file (0 bytes)" in err
+    assert "page.png: not an image" in err
+    assert (home / "out" / "astronaut.png").is_file()
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(home, fixtures_dir, capsys):
+    (home / "out" / "astronaut.png").mkdir(parents=True)  # where astronaut.png's result would go
+    # The model does not exist: an output checked only after loading would be reported as a model problem.
+    assert run(["--input", fixtures_dir / "images", "--output", home / "out", "--model", home / "none.pth"],
+               home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{home / 'out' / 'astronaut.png'} is a folder" in line and "choose another --output" in line
+    assert not (home / "out" / "grace_hopper.png").exists()
+
+
+def test_an_output_under_a_file_is_refused_with_a_message(models_dir, home, fixtures_dir, capsys):
+    (home / "notes.txt").write_text("a file, not a folder")
+    assert run(["--input", fixtures_dir / "images", "--output", home / "notes.txt" / "out",
+                *base_args(models_dir)], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{home / 'notes.txt'} is a file, not a folder" in line
+
+
+def test_one_failed_write_loses_no_other_image(models_dir, home, fixtures_dir, monkeypatch, capsys):
+    real_replace = os.replace
+
+    def disk_full_for_astronaut(source, target):
+        if Path(target).name == "astronaut.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", disk_full_for_astronaut)
+    assert run(["--input", fixtures_dir / "images", "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert sorted(p.name for p in (home / "out").iterdir()) == ["grace_hopper.png"]  # no partial file left
+    err = capsys.readouterr().err
+    assert f"{home / 'out' / 'astronaut.png'}: cannot write it (No space left on device)" in err
+    assert "1 of 2 image(s) could not be restored" in err
