@@ -31,7 +31,7 @@ from . import (
 )
 from ..gpen_arch import UnsupportedCheckpointError, load_gpen
 from ..gpen_arch.errors import MissingDependencyError
-from ..gpen_arch.files import DOWNLOAD_HINT, RESTORE_FOLDER, find_models, preferred_model
+from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models, preferred_model
 from .image_files import IMAGE_SUFFIXES, ImageFileError, output_problem, read_image, write_image
 from .weights import DETECTION_FOLDER, folder_with_file
 
@@ -42,8 +42,20 @@ DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+# What the command line says where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
+MODEL_ADVICE = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N counted from 0) or mps"
+
+
 class CommandLineError(Exception):
     """A problem the user can fix (missing model, bad path); printed without a traceback."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default; options whose default is found at run time (None) say it in their own text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def model_roots(script_dir: Path) -> list[Path]:
@@ -60,26 +72,30 @@ def model_roots(script_dir: Path) -> list[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restore_faces.py",
-        description="Restore every face in images with GPEN (the same pipeline as the ComfyUI nodes).",
+        description="Restore every face in images with GPEN (the same pipeline as the ComfyUI nodes). The face "
+        "size (256, 512, 1024 or 2048) is read from the model's weights, never from its file name.",
         epilog="Example: python restore_faces.py --input photos/ --output restored/ "
         "--model models/facerestore_models/GPEN-BFR-2048.pth",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--input", "-i", nargs="+", required=True, type=Path,
                         help="image files and/or folders (searched recursively for images)")
     parser.add_argument("--output", "-o", type=Path, default=Path("restored"),
-                        help="output folder (default: ./restored); a file name if there is exactly one input image")
+                        help="output folder; a file name if there is exactly one input image")
     parser.add_argument("--model", "-m", type=Path,
-                        help="GPEN weights (.pth/.pt/.safetensors/.onnx); default: the largest GPEN found in "
-                        "./models/facerestore_models, the ComfyUI this pack is in, or ~/ComfyUI/models")
+                        help="GPEN weights (.pth/.pt/.safetensors/.onnx; the size is read from the weights); "
+                        "default: the largest GPEN found in ./models/facerestore_models, the ComfyUI this pack is "
+                        "in, or ~/ComfyUI/models")
     parser.add_argument("--aligned", action="store_true",
-                        help="inputs are already aligned face crops: restore each whole image, no detection")
+                        help="inputs are already aligned face crops: restore each whole image, no detection; each "
+                        "is written at the model's size (for example 512x512 for GPEN-BFR-512)")
     parser.add_argument("--strength", type=float, default=pipeline.DEFAULT_STRENGTH,
-                        help="blend of restored and original face, 0..1 (default 0.8, as upstream GPEN)")
+                        help="blend of restored and original face, 0..1 (0.8 is upstream GPEN's)")
     parser.add_argument("--detector", choices=DETECTORS, default=DETECTORS[0], help="face detector")
     parser.add_argument("--detector-dir", type=Path,
                         help="folder with detector/parser weights (downloaded there if missing); default: a "
                         "facedetection folder next to the model folder")
-    parser.add_argument("--threshold", type=float, default=0.9, help="detection score threshold (default 0.9)")
+    parser.add_argument("--threshold", type=float, default=0.9, help="detection score threshold")
     parser.add_argument("--order", choices=ORDERS, default="largest", help="face order for --face-index")
     parser.add_argument("--face-index", default="all", help="'all' or positions such as '0' or '0,2'")
     parser.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image (0 = all)")
@@ -88,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--erosion", type=float, default=PasteSettings.erosion, help="mask erosion, fraction of the crop")
     parser.add_argument("--feather", type=float, default=PasteSettings.feather, help="mask feather, fraction of the crop")
     parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_NAMES}; auto is CUDA if available, else cpu")
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                         help="auto: fp16 on CUDA, fp32 elsewhere")
     parser.add_argument("--compile", action="store_true",
@@ -132,12 +148,12 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
                                        strength=1.0, color_correction=not args.no_color_correction)
     except ValueError as exc:
         raise CommandLineError(f"--erosion/--feather: {exc}") from exc
+    device = resolve_device(args.device)
     jobs = plan_jobs(args.input, args.output)
     roots = model_roots(script_dir)
     model_path = args.model or default_model(roots)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    model = load_gpen(model_path)
+    check_model_path(model_path)
+    model = load_gpen(model_path, where_to_get=MODEL_ADVICE)
     dtype = torch.float32
     if pipeline.is_torch_gpen(model):
         dtype = PRECISIONS.get(args.precision, torch.float16 if device.type == "cuda" else torch.float32)
@@ -152,6 +168,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
 
     progress = ProgressLine(len(jobs))
     failures: list[str] = []
+    size = pipeline.model_size(model)
     if args.aligned:
         for job in jobs:
             try:
@@ -160,6 +177,8 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
                 write_image(job.target, restored[0].numpy(), depth)
             except (ImageFileError, pipeline.FaceInputError) as exc:  # this image fails, the others go on
                 failures.append(_failure(job, exc))
+            else:
+                progress.report(f"{job.target}: face crop restored at {size}x{size} (the model's size)")
             progress.image_done()
     else:
         detector_dir = args.detector_dir or default_detector_dir(roots, model_path, args.detector)
@@ -179,11 +198,12 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
                     frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
                     detect_settings, paste_settings, parser=parser,
                 )
-                if faces == 0:
-                    logger.warning("No face found in %s; written unchanged", job.source)
                 write_image(job.target, out[0].numpy(), depth)
             except (ImageFileError, pipeline.FaceInputError) as exc:
                 failures.append(_failure(job, exc))
+            else:
+                progress.report(f"{job.target}: {faces} face{'s' if faces != 1 else ''} restored" if faces else
+                                f"{job.target}: no face found, written unchanged")
             progress.image_done()
     progress.finish()
     if failures:
@@ -198,6 +218,47 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
 def _failure(job: Job, exc: Exception) -> str:
     """One line on why `job` failed; image-file errors already name their file."""
     return str(exc) if isinstance(exc, ImageFileError) else f"{job.source}: {exc}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device `--device` names, checked before anything is loaded: "auto" is CUDA when torch sees a
+    GPU, else the CPU; an unknown name or a device this machine lacks is a `CommandLineError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise CommandLineError(f"--device {name}: not a device name; expected {DEVICE_NAMES}") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "built without CUDA" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise CommandLineError(f"--device {name}: torch {torch.__version__} ({build}) finds no CUDA GPU on this "
+                                   "machine; use --device cpu, or auto to use a GPU only when there is one")
+        if device.index is not None and device.index >= count:
+            raise CommandLineError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                                   f"cuda:{count - 1}; pick one of those")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CommandLineError(f"--device {name}: Apple's Metal (MPS) is not available on this machine; use "
+                                   "--device cpu or auto")
+    elif device.type != "cpu":
+        raise CommandLineError(f"--device {name}: {device.type} is not supported here; expected {DEVICE_NAMES}")
+    return device
+
+
+def check_model_path(path: Path) -> None:
+    """Refuse a folder given as the model, listing the GPEN files inside it (a missing file is left to
+    `load_gpen`, whose message says where to download one)."""
+    if not path.is_dir():
+        return
+    inside = find_models([path])
+    if inside:
+        listed = ", ".join(str(p) for p in inside[:5]) + (f" and {len(inside) - 5} more" if len(inside) > 5 else "")
+        raise CommandLineError(f"--model {path} is a folder, expected a GPEN model file; GPEN files in it: {listed}. "
+                               "Pass one of them as --model")
+    raise CommandLineError(f"--model {path} is a folder, expected a GPEN model file, and it holds no "
+                           f"{', '.join(GPEN_EXTENSIONS)} file. {DOWNLOAD_HINT}")
 
 
 def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
@@ -281,6 +342,13 @@ class ProgressLine:
     def face(self) -> None:
         self.faces += 1
         self._draw()
+
+    def report(self, line: str) -> None:
+        """A result line (what was written, how many faces) on stdout, above the bar."""
+        if self.interactive:
+            sys.stderr.write("\r\x1b[K")  # clear the bar's line; the next draw puts it back below
+            sys.stderr.flush()
+        print(line, flush=True)
 
     def image_done(self) -> None:
         self.done += 1

@@ -3,9 +3,11 @@ it gives what the nodes give."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import torch
 from comfy_doubles import REPO_ROOT
 from comfyui_gpen_restore.face_utils import cli
 from nodes_support import DETECTOR, comfy, image_batch, models_dir, pack, read_rgb, save_gpen  # noqa: F401
+from test_gpen_loader import CodePayload
 
 
 @pytest.fixture
@@ -126,13 +129,13 @@ def test_unreadable_images_are_reported_and_the_others_restored(models_dir, home
     assert "broken.png: not an image: OpenCV cannot decode it" in capsys.readouterr().err
 
 
-def test_images_without_faces_are_written_unchanged(models_dir, home, caplog):
+def test_images_without_faces_are_written_unchanged(models_dir, home, capsys):
     blank = home / "wall.png"
     pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     cv2.imwrite(str(blank), pixels)
     assert run(["--input", blank, "--output", home / "out", *base_args(models_dir)], home) == 0
     np.testing.assert_array_equal(cv2.imread(str(home / "out" / "wall.png")), pixels)
-    assert "No face found in" in caplog.text
+    assert f"{home / 'out' / 'wall.png'}: no face found, written unchanged" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -295,3 +298,111 @@ def test_one_failed_write_loses_no_other_image(models_dir, home, fixtures_dir, m
     err = capsys.readouterr().err
     assert f"{home / 'out' / 'astronaut.png'}: cannot write it (No space left on device)" in err
     assert "1 of 2 image(s) could not be restored" in err
+
+
+def test_a_corrupt_detector_file_is_a_message(models_dir, home, fixtures_dir, capsys):
+    detector = models_dir / "facedetection" / "detection_mobilenet0.25_Final.pth"
+    detector.write_bytes(detector.read_bytes()[:1000])
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png", "--output", home / "out",
+                *base_args(models_dir)], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "detection_mobilenet0.25_Final.pth is truncated or corrupt (1,000 bytes" in line
+    assert "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth" in line
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    ("cuda", "--device cuda: torch"), ("cuda:0", "finds no CUDA GPU on this machine; use --device cpu"),
+    ("gpu", "--device gpu: not a device name; expected auto, cpu, cuda, cuda:N"),
+])
+def test_an_unusable_device_is_a_message(models_dir, home, fixtures_dir, monkeypatch, capsys, device, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on machines with a GPU
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png", "--device", device,
+                *base_args(models_dir)], home) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+def test_an_offline_detector_names_the_other_choices(models_dir, home, fixtures_dir, monkeypatch, capsys):
+    from comfyui_gpen_restore.face_utils.weights import KNOWN_WEIGHTS, WeightsSpec
+
+    spec = KNOWN_WEIGHTS["yunet"]
+    with socket.socket() as sock:  # a port nothing listens on: the download fails at once, as offline
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/{spec.filename}"
+    monkeypatch.setitem(KNOWN_WEIGHTS, "yunet", WeightsSpec(spec.filename, url, spec.sha256))
+    args = base_args(models_dir)
+    args[args.index("--detector") + 1] = "yunet"
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png", *args], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"Could not download {spec.filename}" in line
+    assert "choose another detector: retinaface_resnet50 (detection_Resnet50_Final.pth)" in line
+    assert "retinaface_mobile0.25 (detection_mobilenet0.25_Final.pth, already in that folder)" in line
+
+
+def test_a_code_carrying_model_is_refused_with_the_reason(home, fixtures_dir, capsys):
+    marker = home / "payload_ran"
+    with open(home / "GPEN-BFR-512.pth", "wb") as f:
+        torch.save({"weights": torch.zeros(1), "hook": CodePayload(str(marker))}, f)
+    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-512.pth"], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "needs code to load, which is never run" in line and not marker.exists()
+    assert "weights only" not in line.lower().replace("_", " ")  # torch's advice to turn the safety off
+    assert "https://public-vigen-video.oss-cn-shanghai.aliyuncs.com" in line  # where a plain one is
+
+
+def test_a_truncated_model_says_so_in_whole_sentences(models_dir, home, fixtures_dir, capsys):
+    data = (models_dir / "facerestore_models" / "GPEN-BFR-64.pth").read_bytes()
+    (home / "GPEN-BFR-64.pth").write_bytes(data[: len(data) // 2])
+    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-64.pth"], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"GPEN-BFR-64.pth is truncated or corrupt ({len(data) // 2:,} bytes" in line
+    assert "PytorchStreamReader" not in line and line.endswith(".")  # torch's text is not cut and pasted
+    assert "ComfyUI" not in line and "modelscope" in line  # an explicit --model: where to download, no folders
+
+
+def test_a_missing_model_file_says_where_to_download_not_comfyui_folders(home, fixtures_dir, capsys):
+    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-2048.pth"], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"GPEN model file not found: {home / 'GPEN-BFR-2048.pth'}" in line
+    assert "facerestore_models" not in line and "modelscope" in line
+
+
+def test_a_folder_given_as_model_lists_the_gpen_files_in_it(models_dir, home, fixtures_dir, capsys):
+    folder = models_dir / "facerestore_models"
+    assert run(["--input", fixtures_dir / "images", "--model", folder], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"--model {folder} is a folder" in line and str(folder / "GPEN-BFR-64.pth") in line
+    empty = home / "empty_models"
+    empty.mkdir()
+    assert run(["--input", fixtures_dir / "images", "--model", empty], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "is a folder" in line and "holds no .pth" in line and "GPEN-BFR-512.pth" in line
+
+
+def test_help_shows_every_default_and_where_the_size_comes_from(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    parser = cli.build_parser()
+    for action in parser._actions:
+        if action.default not in (None, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, action.dest
+    assert "read from the model's weights" in text and "the size is read from the weights" in text
+    assert "written at the model's size" in text  # --aligned
+
+
+def test_each_image_gets_a_result_line(models_dir, home, fixtures_dir, capsys):
+    folder = home / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
+    cv2.imwrite(str(folder / "wall.png"), np.full((50, 60, 3), 90, np.uint8))
+    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{home / 'out' / 'astronaut.png'}: 1 face restored",
+        f"{home / 'out' / 'wall.png'}: no face found, written unchanged",
+    ]
+    crop = home / "crop.png"
+    cv2.imwrite(str(crop), np.full((100, 100, 3), 128, np.uint8))
+    assert run(["--input", crop, "--output", home / "crop_out.png", "--aligned", *base_args(models_dir)], home) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{home / 'crop_out.png'}: face crop restored at 64x64 (the model's size)"
+    ]
