@@ -19,6 +19,7 @@ import pytest
 from comfyui_gpen_restore import face_utils
 from comfyui_gpen_restore.face_utils import ChecksumError, WeightsSpec, WeightsUnavailableError, load_detector, resolve_weights
 from comfyui_gpen_restore.face_utils.weights import KNOWN_WEIGHTS
+from test_gpen_loader import CodePayload
 
 PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: several download chunks
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -195,7 +196,7 @@ def test_a_damaged_detector_file_says_what_it_is_and_where_the_real_one_is(tmp_p
     elif damage == "text":
         target.write_text("404: Not Found")
     else:
-        torch.save({"state_dict": {}, "hook": _CodePayload(str(tmp_path / "ran"))}, target)
+        torch.save({"state_dict": {}, "hook": CodePayload(str(tmp_path / "ran"))}, target)
     with pytest.raises(UnsupportedCheckpointError, match=expected) as error:
         load_detector("retinaface_mobile0.25", tmp_path)
     message = str(error.value)
@@ -203,19 +204,10 @@ def test_a_damaged_detector_file_says_what_it_is_and_where_the_real_one_is(tmp_p
     assert not (tmp_path / "ran").exists()
 
 
-class _CodePayload:
-    """Unpickling this would create the file `marker`."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_an_offline_detector_names_the_other_detectors(tmp_path, monkeypatch):
     spec = KNOWN_WEIGHTS["retinaface_resnet50"]
-    monkeypatch.setitem(KNOWN_WEIGHTS, "retinaface_resnet50", WeightsSpec(spec.filename, _closed_port_url(), spec.sha256))
+    offline = WeightsSpec(spec.filename, _closed_port_url(), spec.sha256)
+    monkeypatch.setitem(KNOWN_WEIGHTS, "retinaface_resnet50", offline)
     (tmp_path / KNOWN_WEIGHTS["yunet"].filename).write_bytes(b"onnx")
     with pytest.raises(WeightsUnavailableError) as error:
         load_detector("retinaface_resnet50", tmp_path)

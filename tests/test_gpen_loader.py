@@ -190,7 +190,8 @@ def test_code_payload_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
     # torch's own text advises turning the safety off; it must never be passed on.
     message = str(error.value)
-    assert "weights only" not in message.lower().replace("_", " ") and "use a file of plain weights" in message.lower()
+    assert "weights only" not in message.lower().replace("_", " ")
+    assert "use a file of plain weights" in message.lower()
     # A plain pickle (not torch's format) with the same payload is refused too.
     (tmp_path / "evil_plain.pth").write_bytes(pickle.dumps(CodePayload(str(marker))))
     with pytest.raises(UnsupportedCheckpointError):
