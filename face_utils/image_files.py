@@ -9,7 +9,6 @@ declared sizes) before they are decoded.
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -49,6 +48,11 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
         )
     buffer = np.frombuffer(data, np.uint8)
     pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if pixels is None and format_name(data) is not None:
+        raise ImageFileError(
+            f"{path}: truncated or corrupt image ({len(data):,} bytes; a {format_name(data)} that OpenCV cannot "
+            "decode); copy or download it again"
+        )
     if pixels is None:
         raise ImageFileError(
             f"{path}: not an image: OpenCV cannot decode it (it starts with {data[:8]!r}); expected a PNG, JPEG, "
@@ -67,6 +71,21 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
     elif pixels.shape[2] == 4:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
     return (pixels.astype(np.float32) / scale).clip(0, 1), depth
+
+
+def format_name(data: bytes) -> str | None:
+    """The image format `data` starts like (by its signature), or None."""
+    if data.startswith(PNG_SIGNATURE):
+        return "PNG"
+    if data.startswith(JPEG_SOI):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return None
 
 
 def incomplete_reason(data: bytes) -> str | None:
@@ -99,7 +118,10 @@ def _png_problem(data: memoryview) -> str | None:
         end = position + 12 + length
         if end > len(data):
             return f"a PNG that ends inside its {kind} chunk"
-        if zlib.crc32(data[position + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+        # Only critical chunks (upper-case first letter) count: libpng, too, skips an ancillary chunk (text,
+        # colour profile) whose checksum fails, and such files are common.
+        critical = kind[:1].isupper()
+        if critical and zlib.crc32(data[position + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
             return f"a PNG whose {kind} chunk fails its checksum"
         if kind == "IEND":
             return None
@@ -129,14 +151,15 @@ def write_image(path: Path, image: np.ndarray, depth: int = 8) -> None:
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A short name of its own: the target's name plus a suffix could pass the file system's 255-byte limit.
-        fd, temp_name = tempfile.mkstemp(prefix=".restore_faces-", suffix=".part", dir=path.parent)
+        # A short name of its own (the target's name plus a suffix could pass the file system's 255-byte limit),
+        # opened like any new file so the result gets the usual permissions (mkstemp's would be owner-only).
+        temp_path = path.parent / f".restore_faces-{os.getpid()}.part"
         try:
-            with os.fdopen(fd, "wb") as file:
+            with temp_path.open("wb") as file:
                 file.write(encoded.tobytes())
-            os.replace(temp_name, path)
+            os.replace(temp_path, path)
         finally:
-            Path(temp_name).unlink(missing_ok=True)
+            temp_path.unlink(missing_ok=True)
     except OSError as exc:
         reason = output_problem(path) or exc.strerror or str(exc)
         raise ImageFileError(f"{path}: cannot write it ({reason})") from exc

@@ -406,3 +406,29 @@ def test_each_image_gets_a_result_line(models_dir, home, fixtures_dir, capsys):
     assert capsys.readouterr().out.splitlines() == [
         f"{home / 'crop_out.png'}: face crop restored at 64x64 (the model's size)"
     ]
+
+
+def test_damaged_images_of_other_formats_are_not_called_non_images(home):
+    ok, encoded = cv2.imencode(".tif", np.full((64, 64, 3), 100, np.uint8))
+    data = encoded.tobytes()
+    (home / "cut.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(cli.ImageFileError, match=r"truncated or corrupt image \(\d+ bytes; a TIFF"):
+        cli.read_image(home / "cut.tif")
+
+
+def test_a_bad_checksum_in_an_ancillary_png_chunk_is_tolerated_like_libpng_does(home, fixtures_dir):
+    ok, encoded = cv2.imencode(".png", np.full((8, 8, 3), 100, np.uint8))
+    data = encoded.tobytes()
+    chunk = b"tEXt" + b"Comment\x00hello"
+    text = len(chunk[4:]).to_bytes(4, "big") + chunk + b"\x00\x00\x00\x00"  # a wrong CRC
+    (home / "text.png").write_bytes(data[:33] + text + data[33:])  # after the 8-byte signature and IHDR
+    assert cli.read_image(home / "text.png")[0].shape == (8, 8, 3)
+
+
+def test_results_get_the_permissions_of_any_new_file(models_dir, home):
+    crop = home / "crop.png"
+    cv2.imwrite(str(crop), np.full((64, 64, 3), 128, np.uint8))
+    assert run(["--input", crop, "--output", home / "out.png", "--aligned", *base_args(models_dir)], home) == 0
+    (home / "plain.txt").write_text("")
+    assert (home / "out.png").stat().st_mode == (home / "plain.txt").stat().st_mode
+    assert [p.name for p in home.iterdir() if p.name.startswith(".")] == []  # no temporary file left
