@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
 from . import pipeline
@@ -32,20 +30,31 @@ from . import (
     load_face_parser,
 )
 from ..gpen_arch import PRECISIONS, GpenRunner, MissingDependencyError, UnsupportedCheckpointError, check_strength
+from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models, preferred_model
 from ..gpen_arch.runner import DEFAULT_STRENGTH, CropShapeError
-from ..gpen_arch.files import DOWNLOAD_HINT, RESTORE_FOLDER, find_models, preferred_model
+from .image_files import IMAGE_SUFFIXES, ImageFileError, output_problem, read_image, write_image
 from .weights import DETECTION_FOLDER, folder_with_file
 
 logger = logging.getLogger(__name__)
 
 PACK_DIR = Path(__file__).resolve().parents[1]  # the pack's folder: custom_nodes/<pack> inside a ComfyUI
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what OpenCV reads and writes
 DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression artefacts
-SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # formats OpenCV writes with 16 bits per channel
+
+
+# What the command line says where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
+MODEL_ADVICE = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N counted from 0) or mps"
 
 
 class CommandLineError(Exception):
     """A problem the user can fix (missing model, bad path); printed without a traceback."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default; options whose default is found at run time (None) say it in their own text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def model_roots(script_dir: Path) -> list[Path]:
@@ -62,26 +71,30 @@ def model_roots(script_dir: Path) -> list[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restore_faces.py",
-        description="Restore every face in images with GPEN (the same pipeline as the ComfyUI nodes).",
+        description="Restore every face in images with GPEN (the same pipeline as the ComfyUI nodes). The face "
+        "size (256, 512, 1024 or 2048) is read from the model's weights, never from its file name.",
         epilog="Example: python restore_faces.py --input photos/ --output restored/ "
         "--model models/facerestore_models/GPEN-BFR-2048.pth",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--input", "-i", nargs="+", required=True, type=Path,
                         help="image files and/or folders (searched recursively for images)")
     parser.add_argument("--output", "-o", type=Path, default=Path("restored"),
-                        help="output folder (default: ./restored); a file name if there is exactly one input image")
+                        help="output folder; a file name if there is exactly one input image")
     parser.add_argument("--model", "-m", type=Path,
-                        help="GPEN weights (.pth/.pt/.safetensors/.onnx); default: the largest GPEN found in "
-                        "./models/facerestore_models, the ComfyUI this pack is in, or ~/ComfyUI/models")
+                        help="GPEN weights (.pth/.pt/.safetensors/.onnx; the size is read from the weights); "
+                        "default: the largest GPEN found in ./models/facerestore_models, the ComfyUI this pack is "
+                        "in, or ~/ComfyUI/models")
     parser.add_argument("--aligned", action="store_true",
-                        help="inputs are already aligned face crops: restore each whole image, no detection")
+                        help="inputs are already aligned face crops: restore each whole image, no detection; each "
+                        "is written at the model's size (for example 512x512 for GPEN-BFR-512)")
     parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
-                        help="blend of restored and original face, 0..1 (default 0.8, as upstream GPEN)")
+                        help="blend of restored and original face, 0..1 (0.8 is upstream GPEN's)")
     parser.add_argument("--detector", choices=DETECTORS, default=DETECTORS[0], help="face detector")
     parser.add_argument("--detector-dir", type=Path,
                         help="folder with detector/parser weights (downloaded there if missing); default: a "
                         "facedetection folder next to the model folder")
-    parser.add_argument("--threshold", type=float, default=0.9, help="detection score threshold (default 0.9)")
+    parser.add_argument("--threshold", type=float, default=0.9, help="detection score threshold")
     parser.add_argument("--order", choices=ORDERS, default="largest", help="face order for --face-index")
     parser.add_argument("--face-index", default="all", help="'all' or positions such as '0' or '0,2'")
     parser.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image (0 = all)")
@@ -90,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--erosion", type=float, default=PasteSettings.erosion, help="mask erosion, fraction of the crop")
     parser.add_argument("--feather", type=float, default=PasteSettings.feather, help="mask feather, fraction of the crop")
     parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_NAMES}; auto is CUDA if available, else cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: fp16 (or bf16) on CUDA GPUs that run it well, fp32 elsewhere")
     parser.add_argument("--compile", action="store_true",
@@ -130,12 +143,13 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
                                        strength=1.0, color_correction=not args.no_color_correction)
     except ValueError as exc:
         raise CommandLineError(_with_option_names(str(exc))) from exc
+    device = resolve_device(args.device)
     jobs = plan_jobs(args.input, args.output)
     roots = model_roots(script_dir)
     model_path = args.model or default_model(roots)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile, **_half_support(device))
+    check_model_path(model_path)
+    runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile, where_to_get=MODEL_ADVICE,
+                             **_half_support(device))
     if not runner.is_onnx:
         runner.module.to(device)
     detect_settings = dataclasses.replace(detect_settings, crop_size=runner.size)
@@ -146,17 +160,17 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
 
     progress = ProgressLine(len(jobs))
     failures: list[str] = []
+    size = runner.size
     if args.aligned:
         for job in jobs:
-            read = _read_or_record(job.source, failures)
-            if read is not None:
-                image, depth = read
-                try:
-                    restored = restore(frames_to_image([image]), progress.face)
-                except CropShapeError as exc:  # not a square crop: this image fails, the others go on
-                    failures.append(f"{job.source}: {exc}")
-                else:
-                    write_image(job.target, restored[0].numpy(), depth)
+            try:
+                image, depth = read_image(job.source)
+                restored = restore(frames_to_image([image]), progress.face)
+                write_image(job.target, restored[0].numpy(), depth)
+            except (ImageFileError, CropShapeError) as exc:  # this image fails, the others go on
+                failures.append(_failure(job, exc))
+            else:
+                progress.report(f"{job.target}: face crop restored at {size}x{size} (the model's size)")
             progress.image_done()
     else:
         detector_dir = args.detector_dir or default_detector_dir(roots, model_path, args.detector)
@@ -166,20 +180,24 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
             parser = load_face_parser(args.detector_dir or default_detector_dir(roots, model_path, "parsenet"),
                                       device=device)
         for job in jobs:
-            read = _read_or_record(job.source, failures)
-            if read is not None:
-                image, depth = read
+            try:
+                image, depth = read_image(job.source)
                 out, _mask, faces = pipeline.restore_frames(
                     frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
                     detect_settings, paste_settings, parser=parser,
                 )
-                if not len(faces):
-                    logger.warning("No face found in %s; written unchanged", job.source)
                 write_image(job.target, out[0].numpy(), depth)
+            except (ImageFileError, pipeline.FaceInputError) as exc:
+                failures.append(_failure(job, exc))
+            else:
+                count = len(faces)
+                progress.report(f"{job.target}: {count} face{'s' if count != 1 else ''} restored" if count else
+                                f"{job.target}: no face found, written unchanged")
             progress.image_done()
     progress.finish()
     if failures:
-        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be restored:", file=sys.stderr)
+        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be restored; the others were written:",
+              file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return 1
@@ -187,7 +205,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
 
 
 # The settings' own names in their checks' messages, and the options that set them.
-OPTION_NAMES = {"score_threshold": "--threshold", "Face index": "--face-index", "max_faces": "--max-faces", "face_index": "--face-index",
+OPTION_NAMES = {"score_threshold": "--threshold", "Face index": "--face-index", "max_faces": "--max-faces",
                 "strength": "--strength", "erosion": "--erosion", "feather": "--feather"}
 
 
@@ -207,6 +225,52 @@ def _half_support(device: torch.device) -> dict[str, bool]:
     return {"fp16_ok": torch.cuda.get_device_capability(device) >= (7, 0), "bf16_ok": torch.cuda.is_bf16_supported()}
 
 
+def _failure(job: Job, exc: Exception) -> str:
+    """One line on why `job` failed; image-file errors already name their file."""
+    return str(exc) if isinstance(exc, ImageFileError) else f"{job.source}: {exc}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device `--device` names, checked before anything is loaded: "auto" is CUDA when torch sees a
+    GPU, else the CPU; an unknown name or a device this machine lacks is a `CommandLineError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise CommandLineError(f"--device {name}: not a device name; expected {DEVICE_NAMES}") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "built without CUDA" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise CommandLineError(f"--device {name}: torch {torch.__version__} ({build}) finds no CUDA GPU on this "
+                                   "machine; use --device cpu, or auto to use a GPU only when there is one")
+        if device.index is not None and device.index >= count:
+            raise CommandLineError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                                   f"cuda:{count - 1}; pick one of those")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CommandLineError(f"--device {name}: Apple's Metal (MPS) is not available on this machine; use "
+                                   "--device cpu or auto")
+    elif device.type != "cpu":
+        raise CommandLineError(f"--device {name}: {device.type} is not supported here; expected {DEVICE_NAMES}")
+    return device
+
+
+def check_model_path(path: Path) -> None:
+    """Refuse a folder given as the model, listing the GPEN files inside it (a missing file is left to
+    `load_gpen`, whose message says where to download one)."""
+    if not path.is_dir():
+        return
+    inside = find_models([path])
+    if inside:
+        listed = ", ".join(str(p) for p in inside[:5]) + (f" and {len(inside) - 5} more" if len(inside) > 5 else "")
+        raise CommandLineError(f"--model {path} is a folder, expected a GPEN model file; GPEN files in it: {listed}. "
+                               "Pass one of them as --model")
+    raise CommandLineError(f"--model {path} is a folder, expected a GPEN model file, and it holds no "
+                           f"{', '.join(GPEN_EXTENSIONS)} file. {DOWNLOAD_HINT}")
+
+
 def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
     """Input images and where each result goes. Folders are searched recursively and mirrored under `output`;
     results are PNG unless `output` is a single file name with an image extension."""
@@ -224,7 +288,9 @@ def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
         else:
             raise CommandLineError(f"--input {item}: no such file or folder")
     if len(sources) == 1 and output.suffix.lower() in IMAGE_SUFFIXES:
-        return [Job(sources[0][0], output)]
+        jobs = [Job(sources[0][0], output)]
+        check_outputs(jobs, output)
+        return jobs
     if output.suffix.lower() in IMAGE_SUFFIXES:
         raise CommandLineError(
             f"--output {output} is a file name but there are {len(sources)} input images; give a folder instead"
@@ -235,7 +301,18 @@ def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
     if clashes:
         raise CommandLineError(f"Several inputs would be written to the same output: {', '.join(clashes)}; "
                                "rename them or run them separately")
+    check_outputs(jobs, output)
     return jobs
+
+
+def check_outputs(jobs: Sequence[Job], output: Path) -> None:
+    """Refuse, before any work, outputs that cannot be written: a target that is a folder, a file where a folder
+    must be created, a folder without write permission."""
+    for job in jobs:
+        problem = output_problem(job.target)
+        if problem is not None:
+            raise CommandLineError(f"--output {output}: {problem}; remove what is in the way or choose another "
+                                   "--output")
 
 
 def default_model(roots: Sequence[Path]) -> Path:
@@ -262,51 +339,6 @@ def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) 
     return folder_with_file(KNOWN_WEIGHTS[weights].filename, candidates) or candidates[0]
 
 
-def read_image(path: Path) -> tuple[np.ndarray, int]:
-    """An image file as float32 `[H, W, C]` RGB(A) or grey in [0, 1], upright (EXIF orientation applied), and
-    the bit depth to write results in: 16 for 16-bit and floating-point files, else 8."""
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise CommandLineError(f"{path}: OpenCV cannot read this file as an image")
-    if data.ndim == 2 or data.shape[2] != 4:
-        # IMREAD_UNCHANGED ignores EXIF orientation (phone photos would come out sideways); without an alpha
-        # channel to keep, read again the way that applies it.
-        data = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
-    depth = 16 if data.dtype in (np.uint16, np.float32, np.float64) else 8
-    scale = {np.dtype(np.uint16): 65535.0, np.dtype(np.uint8): 255.0}.get(data.dtype, 1.0)
-    if data.ndim == 2:
-        data = data[:, :, None]
-    elif data.shape[2] == 3:
-        data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)  # OpenCV boundary: BGR on disk, RGB inside
-    elif data.shape[2] == 4:
-        data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA)
-    return (data.astype(np.float32) / scale).clip(0, 1), depth
-
-
-def write_image(path: Path, image: np.ndarray, depth: int = 8) -> None:
-    """Write float `[H, W, C]` RGB(A) or grey in [0, 1], creating folders as needed: 16-bit when `depth` is 16
-    and the format has it (PNG, TIFF), else 8-bit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if depth == 16 and path.suffix.lower() in SIXTEEN_BIT_SUFFIXES:
-        data = np.clip(np.rint(image * 65535.0), 0, 65535).astype(np.uint16)
-    else:
-        data = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    if data.shape[2] == 3:
-        data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
-    elif data.shape[2] == 4:
-        data = cv2.cvtColor(data, cv2.COLOR_RGBA2BGRA)
-    if not cv2.imwrite(str(path), data):
-        raise CommandLineError(f"{path}: OpenCV could not write this file (unsupported extension or no access)")
-
-
-def _read_or_record(path: Path, failures: list[str]) -> tuple[np.ndarray, int] | None:
-    try:
-        return read_image(path)
-    except CommandLineError as exc:
-        failures.append(str(exc))
-        return None
-
-
 class ProgressLine:
     """A one-line progress bar on stderr (images done, faces restored, elapsed time)."""
 
@@ -320,6 +352,13 @@ class ProgressLine:
     def face(self) -> None:
         self.faces += 1
         self._draw()
+
+    def report(self, line: str) -> None:
+        """A result line (what was written, how many faces) on stdout, above the bar."""
+        if self.interactive:
+            sys.stderr.write("\r\x1b[K")  # clear the bar's line; the next draw puts it back below
+            sys.stderr.flush()
+        print(line, flush=True)
 
     def image_done(self) -> None:
         self.done += 1

@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 import torch
 
+from ..gpen_arch.errors import UnsupportedCheckpointError
 from .images import check_image, to_rgb
 from .records import FaceRecord
-from .weights import KNOWN_WEIGHTS, load_state_dict_into, resolve_known_weights
+from .weights import KNOWN_WEIGHTS, WeightsUnavailableError, load_state_dict_into, resolve_known_weights
 
 logger = logging.getLogger(__name__)
 
@@ -194,19 +195,36 @@ def load_detector(name: str, model_dir: str | Path, *, device: torch.device | st
     The weights file (`KNOWN_WEIGHTS[name].filename`) is used if present there, else downloaded into it first
     (see `face_utils.weights.resolve_weights`). RetinaFace runs on `device`; YuNet always runs on the CPU through
     OpenCV.
+
+    Raises `WeightsUnavailableError` when the file is missing and cannot be downloaded (the message names the
+    other detectors, and which of them are already in `model_dir`), `UnsupportedCheckpointError` (a ValueError)
+    when the file there is not usable.
     """
     if name not in DETECTORS:
         raise ValueError(f"Unknown face detector {name!r}; expected one of {DETECTORS}")
-    path = resolve_known_weights(name, model_dir)
+    try:
+        path = resolve_known_weights(name, model_dir)
+    except WeightsUnavailableError as exc:
+        raise type(exc)(f"{exc} {_other_detectors(name, Path(model_dir))}") from exc
     if name == "yunet":
         try:
             return YuNetDetector(name, path)
         except cv2.error as exc:
-            raise ValueError(
+            raise UnsupportedCheckpointError(
                 f"OpenCV could not load {path} as YuNet ({exc}). Expected {KNOWN_WEIGHTS[name].filename} from "
                 f"{KNOWN_WEIGHTS[name].url}; delete the file to have it downloaded again."
             ) from exc
     return RetinaFaceDetector(name, _load_retinaface(name, path, torch.device(device)))
+
+
+def _other_detectors(name: str, model_dir: Path) -> str:
+    """A sentence naming the detectors other than `name`, marking those whose file is already in `model_dir`."""
+    others = []
+    for other in DETECTORS:
+        if other != name:
+            present = (model_dir.expanduser() / KNOWN_WEIGHTS[other].filename).is_file()
+            others.append(f"{other} ({KNOWN_WEIGHTS[other].filename}{', already in that folder' if present else ''})")
+    return f"Or choose another detector: {'; '.join(others)}."
 
 
 def _load_retinaface(name: str, path: Path, device: torch.device) -> torch.nn.Module:

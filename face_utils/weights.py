@@ -12,14 +12,15 @@ never leaves a file that looks valid. Nothing here runs at import time.
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.hub
+
+from ..gpen_arch.errors import UnsupportedCheckpointError
+from ..gpen_arch.loader import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -146,27 +147,24 @@ def resolve_known_weights(key: str, model_dir: str | Path) -> Path:
 
 
 def load_state_dict_into(net: torch.nn.Module, path: Path, key: str) -> torch.nn.Module:
-    """Load the weights at `path` (plain tensors only, `weights_only=True`) strictly into `net`, facexlib's
-    network for the `KNOWN_WEIGHTS[key]` file; unwraps a `state_dict` container and a DataParallel `module.`
-    prefix. Raises ValueError naming the expected file and its address when the file does not fit."""
+    """Load the weights at `path` (plain tensors only, through `gpen_arch.loader.read_checkpoint`) strictly into
+    `net`, facexlib's network for the `KNOWN_WEIGHTS[key]` file; unwraps a `state_dict` container and a
+    DataParallel `module.` prefix. Raises `UnsupportedCheckpointError` (a ValueError) naming the expected file
+    and its address when the file does not fit."""
     spec = KNOWN_WEIGHTS[key]
-    expected = f"Expected {spec.filename} from {spec.url}."
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(
-            f"{path} cannot be read as plain weights (truncated, corrupt, or a pickle needing code, which is never "
-            f"run). {expected}"
-        ) from exc
+    expected = f"Expected {spec.filename} from {spec.url} (delete the file to have it downloaded again)"
+    state_dict = read_checkpoint(path, where_to_get=expected)
     if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, dict):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict. {expected}")
+        raise UnsupportedCheckpointError(
+            f"{path} holds a {type(state_dict).__name__}, not a state dict. {expected}."
+        )
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        raise ValueError(
-            f"{path} is not a {key} checkpoint with facexlib's layout ({str(exc).splitlines()[0]}). {expected}"
+        raise UnsupportedCheckpointError(
+            f"{path} is not a {key} checkpoint with facexlib's layout ({str(exc).splitlines()[0]}). {expected}."
         ) from exc
     return net

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 # Keys every GPEN FullGenerator state dict has; their absence means "not GPEN" rather than "damaged GPEN".
 SIGNATURE_KEYS = ("generator.style.1.weight", "generator.input.input", "ecd0.0.0.weight", "final_linear.0.weight")
+# The advice `load_gpen` ends its errors with (the messages raised here describe the problem only).
 WHERE_TO_GET = "Expected a GPEN-BFR-*.pth (or .onnx) in ComfyUI/models/facerestore_models"
 
 
@@ -25,7 +26,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, float | in
     if missing:
         found = ", ".join(list(state_dict)[:5]) or "no keys at all"
         raise UnsupportedCheckpointError(
-            f"Not a GPEN checkpoint: no {', '.join(f'`{k}`' for k in missing)} (found {found}, ...). {WHERE_TO_GET}."
+            f"Not a GPEN checkpoint: no {', '.join(f'`{k}`' for k in missing)} (found {found}, ...)."
         )
     encoder_depth = len({m.group(1) for key in state_dict if (m := re.match(r"ecd(\d+)\.", key))})
     size = 2 ** (encoder_depth + 1)  # the encoder goes from S down to 4x4 in log2(S) - 1 stages
@@ -48,8 +49,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, float | in
     }
     if not 8 <= size <= 2048:
         raise UnsupportedCheckpointError(
-            f"GPEN checkpoint with {encoder_depth} encoder stages (size {size}) is outside the supported 8..2048. "
-            f"{WHERE_TO_GET}."
+            f"GPEN checkpoint with {encoder_depth} encoder stages (size {size}) is outside the supported 8..2048."
         )
     return config
 
@@ -71,7 +71,7 @@ def check_state_dict(model: GPEN, state_dict: Mapping[str, torch.Tensor]) -> Non
                 parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}")
         raise UnsupportedCheckpointError(
             f"Checkpoint does not match GPEN({model.extra_repr()}): {'; '.join(parts)}. "
-            f"The file is damaged or from another GPEN variant (FullGenerator_SR, a discriminator). {WHERE_TO_GET}."
+            f"The file is damaged or from another GPEN variant (FullGenerator_SR, a discriminator)."
         )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class UnsupportedCheckpointError(ValueError):
-    """A file that cannot be used as a GPEN model; the message says what was expected, found, and what to do."""
+    """A file that cannot be used as a GPEN model (or as the detector or parser weights read through
+    `loader.read_checkpoint`); the message says what was expected, what was found, and what to do."""
 
 
 class MissingDependencyError(ImportError):

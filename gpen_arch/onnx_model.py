@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import WHERE_TO_GET
 from .errors import MissingDependencyError, UnsupportedCheckpointError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class OnnxGPEN(nn.Module):
             found = ", ".join(f"{node.name} {node.type} {list(node.shape)}" for node in (*inputs, *outputs))
             raise UnsupportedCheckpointError(
                 f"{self.path.name}: expected a GPEN ONNX graph with one float32 input and one output of shape "
-                f"[N, 3, S, S] (S a power of two up to 2048), found {found}. {WHERE_TO_GET}."
+                f"[N, 3, S, S] (S a power of two up to 2048), found {found}."
             )
         self.size = int(size)
         self.input_name = inputs[0].name
@@ -67,8 +66,8 @@ class OnnxGPEN(nn.Module):
                 self._sessions[device_type] = ort.InferenceSession(str(self.path), providers=providers)
             except Exception as exc:  # onnxruntime's error classes (InvalidProtobuf, Fail, ...) share no base
                 raise UnsupportedCheckpointError(
-                    f"onnxruntime cannot open {self.path.name} ({type(exc).__name__}: {str(exc)[:200]}): the file "
-                    f"is truncated or not an ONNX model. Download it again. {WHERE_TO_GET}."
+                    f"onnxruntime cannot open {self.path.name} ({type(exc).__name__}: {_first_line(exc)}): the "
+                    "file is truncated or not an ONNX model. Download it again."
                 ) from exc
             logger.info("onnxruntime session for %s on %s", self.path.name, providers[0])
         return self._sessions[device_type]
@@ -90,3 +89,10 @@ class OnnxGPEN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.path.name}, size={self.size}"
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an error's text: onnxruntime appends the whole graph or stack; cutting at a length
+    would end mid-sentence."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "no details"

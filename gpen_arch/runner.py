@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import WHERE_TO_GET
 from .loader import load_gpen
 from .model import GPEN, channel_table
 
@@ -81,13 +82,14 @@ class GpenRunner:
     @classmethod
     def load(
         cls, path: str | Path, *, precision: str = "auto", fp16_ok: bool = False, bf16_ok: bool = False,
-        compile: bool = False,
+        compile: bool = False, where_to_get: str = WHERE_TO_GET,
     ) -> GpenRunner:
         """Load `path` with `load_gpen` and set it up to run in `precision` (see `choose_dtype`); `compile`
-        applies `torch.compile`. For an `.onnx` file both are ignored (logged when asked for): it runs in fp32."""
+        applies `torch.compile`. For an `.onnx` file both are ignored (logged when asked for): it runs in fp32.
+        `where_to_get` replaces `load_gpen`'s advice in refusals (see there)."""
         path = Path(path)
         dtype = choose_dtype(precision, fp16_ok=fp16_ok, bf16_ok=bf16_ok)
-        runner = cls(load_gpen(path), name=path.name, dtype=dtype)
+        runner = cls(load_gpen(path, where_to_get=where_to_get), name=path.name, dtype=dtype)
         if runner.is_onnx and (precision not in ("auto", "fp32") or compile):
             logger.warning("%s is an ONNX model and runs in fp32 through onnxruntime; precision %s and compile "
                            "ignored", path.name, precision)

@@ -3,7 +3,11 @@ it gives what the nodes give."""
 
 from __future__ import annotations
 
+import argparse
+import errno
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +19,7 @@ import torch
 from comfyui_gpen_restore.face_utils import PasteSettings, cli, load_detector, pipeline
 from comfyui_gpen_restore.gpen_arch import GpenRunner
 from nodes_support import DETECTOR, REPO_ROOT, image_batch, models_dir, read_rgb, save_gpen  # noqa: F401
-
+from test_gpen_loader import CodePayload
 
 
 @pytest.fixture
@@ -123,16 +127,16 @@ def test_unreadable_images_are_reported_and_the_others_restored(models_dir, home
     (folder / "broken.png").write_bytes(b"not a png")
     assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
     assert (home / "out" / "astronaut.png").is_file() and not (home / "out" / "broken.png").exists()
-    assert "broken.png: OpenCV cannot read" in capsys.readouterr().err
+    assert "broken.png: not an image: OpenCV cannot decode it" in capsys.readouterr().err
 
 
-def test_images_without_faces_are_written_unchanged(models_dir, home, caplog):
+def test_images_without_faces_are_written_unchanged(models_dir, home, capsys):
     blank = home / "wall.png"
     pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     cv2.imwrite(str(blank), pixels)
     assert run(["--input", blank, "--output", home / "out", *base_args(models_dir)], home) == 0
     np.testing.assert_array_equal(cv2.imread(str(home / "out" / "wall.png")), pixels)
-    assert "No face found in" in caplog.text
+    assert f"{home / 'out' / 'wall.png'}: no face found, written unchanged" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -197,3 +201,235 @@ def test_a_non_square_crop_with_aligned_fails_alone(models_dir, home, capsys):
     assert run(["--input", crops, "--output", home / "out", "--aligned", *base_args(models_dir)], home) == 1
     assert (home / "out" / "b_square.png").is_file() and not (home / "out" / "a_wide.png").exists()
     assert "a_wide.png" in capsys.readouterr().err
+
+
+# --- what a new user ran into ----------------------------------------------------------------------------------
+
+
+def one_error_line(err: str) -> str:
+    """The single `error: ...` line a setup error prints, checked to be the only output besides progress."""
+    lines = [line for line in err.splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_a_truncated_image_fails_alone(models_dir, home, fixtures_dir, capsys):
+    folder = home / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
+    data = (fixtures_dir / "images" / "grace_hopper.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) * 6 // 10])  # the decoder would grey-fill the rest
+    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert (home / "out" / "astronaut.png").is_file() and not (home / "out" / "cut.png").exists()
+    assert f"cut.jpg: truncated or corrupt image ({len(data) * 6 // 10:,} bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["jpeg_cut", "png_cut", "png_bit_flip", "webp_cut"])
+def test_incomplete_images_are_refused_whatever_the_decoder_does(home, fixtures_dir, damage):
+    if damage.startswith("jpeg"):
+        data = (fixtures_dir / "images" / "grace_hopper.jpg").read_bytes()
+        data = data[: len(data) - 100]
+    elif damage.startswith("png"):
+        data = bytearray((fixtures_dir / "images" / "astronaut.png").read_bytes())
+        if damage == "png_cut":
+            data = data[: len(data) - 20]  # inside the last IDAT chunk or the IEND chunk
+        else:
+            data[len(data) // 2] ^= 0x01  # a checksum catches what the decoder may not
+    else:
+        ok, encoded = cv2.imencode(".webp", np.full((32, 32, 3), 100, np.uint8))
+        data = encoded.tobytes()[:-10]
+    path = home / f"damaged{'.jpg' if damage.startswith('jpeg') else '.png' if 'png' in damage else '.webp'}"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="truncated or corrupt image"):  # an ImageFileError
+        cli.read_image(path)
+
+
+def test_whole_images_pass_the_completeness_check(home, fixtures_dir):
+    for name in ("astronaut.png", "grace_hopper.jpg"):
+        image, depth = cli.read_image(fixtures_dir / "images" / name)
+        assert image.ndim == 3 and depth == 8
+    for suffix in (".webp", ".bmp", ".tif"):
+        ok, encoded = cv2.imencode(suffix, np.full((16, 24, 3), 200, np.uint8))
+        (home / f"whole{suffix}").write_bytes(encoded.tobytes())
+        assert cli.read_image(home / f"whole{suffix}")[0].shape == (16, 24, 3)
+
+
+def test_empty_and_non_image_inputs_are_named_so(models_dir, home, fixtures_dir, capsys):
+    folder = home / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "page.png").write_text("<html>404 Not Found</html>")
+    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    err = capsys.readouterr().err
+    assert "empty.jpg: empty file (0 bytes)" in err
+    assert "page.png: not an image" in err
+    assert (home / "out" / "astronaut.png").is_file()
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(home, fixtures_dir, capsys):
+    (home / "out" / "astronaut.png").mkdir(parents=True)  # where astronaut.png's result would go
+    # The model does not exist: an output checked only after loading would be reported as a model problem.
+    assert run(["--input", fixtures_dir / "images", "--output", home / "out", "--model", home / "none.pth"],
+               home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{home / 'out' / 'astronaut.png'} is a folder" in line and "choose another --output" in line
+    assert not (home / "out" / "grace_hopper.png").exists()
+
+
+def test_an_output_under_a_file_is_refused_with_a_message(models_dir, home, fixtures_dir, capsys):
+    (home / "notes.txt").write_text("a file, not a folder")
+    assert run(["--input", fixtures_dir / "images", "--output", home / "notes.txt" / "out",
+                *base_args(models_dir)], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{home / 'notes.txt'} is a file, not a folder" in line
+
+
+def test_one_failed_write_loses_no_other_image(models_dir, home, fixtures_dir, monkeypatch, capsys):
+    real_replace = os.replace
+
+    def disk_full_for_astronaut(source, target):
+        if Path(target).name == "astronaut.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", disk_full_for_astronaut)
+    assert run(["--input", fixtures_dir / "images", "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert sorted(p.name for p in (home / "out").iterdir()) == ["grace_hopper.png"]  # no partial file left
+    err = capsys.readouterr().err
+    assert f"{home / 'out' / 'astronaut.png'}: cannot write it (No space left on device)" in err
+    assert "1 of 2 image(s) could not be restored" in err
+
+
+def test_a_corrupt_detector_file_is_a_message(models_dir, home, fixtures_dir, capsys):
+    detector = models_dir / "facedetection" / "detection_mobilenet0.25_Final.pth"
+    detector.write_bytes(detector.read_bytes()[:1000])
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png", "--output", home / "out",
+                *base_args(models_dir)], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "detection_mobilenet0.25_Final.pth is truncated or corrupt (1,000 bytes" in line
+    assert "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth" in line
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    ("cuda", "--device cuda: torch"), ("cuda:0", "finds no CUDA GPU on this machine; use --device cpu"),
+    ("gpu", "--device gpu: not a device name; expected auto, cpu, cuda, cuda:N"),
+])
+def test_an_unusable_device_is_a_message(models_dir, home, fixtures_dir, monkeypatch, capsys, device, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on machines with a GPU
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png", "--device", device,
+                *base_args(models_dir)], home) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+def test_an_offline_detector_names_the_other_choices(models_dir, home, fixtures_dir, monkeypatch, capsys):
+    from comfyui_gpen_restore.face_utils.weights import KNOWN_WEIGHTS, WeightsSpec
+
+    spec = KNOWN_WEIGHTS["yunet"]
+    with socket.socket() as sock:  # a port nothing listens on: the download fails at once, as offline
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/{spec.filename}"
+    monkeypatch.setitem(KNOWN_WEIGHTS, "yunet", WeightsSpec(spec.filename, url, spec.sha256))
+    args = base_args(models_dir)
+    args[args.index("--detector") + 1] = "yunet"
+    assert run(["--input", fixtures_dir / "images" / "astronaut.png", *args], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"Could not download {spec.filename}" in line
+    assert "choose another detector: retinaface_resnet50 (detection_Resnet50_Final.pth)" in line
+    assert "retinaface_mobile0.25 (detection_mobilenet0.25_Final.pth, already in that folder)" in line
+
+
+def test_a_code_carrying_model_is_refused_with_the_reason(home, fixtures_dir, capsys):
+    marker = home / "payload_ran"
+    with open(home / "GPEN-BFR-512.pth", "wb") as f:
+        torch.save({"weights": torch.zeros(1), "hook": CodePayload(str(marker))}, f)
+    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-512.pth"], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "needs code to load, which is never run" in line and not marker.exists()
+    assert "weights only" not in line.lower().replace("_", " ")  # torch's advice to turn the safety off
+    assert "https://public-vigen-video.oss-cn-shanghai.aliyuncs.com" in line  # where a plain one is
+
+
+def test_a_truncated_model_says_so_in_whole_sentences(models_dir, home, fixtures_dir, capsys):
+    data = (models_dir / "facerestore_models" / "GPEN-BFR-64.pth").read_bytes()
+    (home / "GPEN-BFR-64.pth").write_bytes(data[: len(data) // 2])
+    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-64.pth"], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"GPEN-BFR-64.pth is truncated or corrupt ({len(data) // 2:,} bytes" in line
+    assert "PytorchStreamReader" not in line and line.endswith(".")  # torch's text is not cut and pasted
+    assert "ComfyUI" not in line and "modelscope" in line  # an explicit --model: where to download, no folders
+
+
+def test_a_missing_model_file_says_where_to_download_not_comfyui_folders(home, fixtures_dir, capsys):
+    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-2048.pth"], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"GPEN model file not found: {home / 'GPEN-BFR-2048.pth'}" in line
+    assert "facerestore_models" not in line and "modelscope" in line
+
+
+def test_a_folder_given_as_model_lists_the_gpen_files_in_it(models_dir, home, fixtures_dir, capsys):
+    folder = models_dir / "facerestore_models"
+    assert run(["--input", fixtures_dir / "images", "--model", folder], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"--model {folder} is a folder" in line and str(folder / "GPEN-BFR-64.pth") in line
+    empty = home / "empty_models"
+    empty.mkdir()
+    assert run(["--input", fixtures_dir / "images", "--model", empty], home) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "is a folder" in line and "holds no .pth" in line and "GPEN-BFR-512.pth" in line
+
+
+def test_help_shows_every_default_and_where_the_size_comes_from(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    parser = cli.build_parser()
+    for action in parser._actions:
+        if action.default not in (None, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, action.dest
+    assert "read from the model's weights" in text and "the size is read from the weights" in text
+    assert "written at the model's size" in text  # --aligned
+
+
+def test_each_image_gets_a_result_line(models_dir, home, fixtures_dir, capsys):
+    folder = home / "in"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
+    cv2.imwrite(str(folder / "wall.png"), np.full((50, 60, 3), 90, np.uint8))
+    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{home / 'out' / 'astronaut.png'}: 1 face restored",
+        f"{home / 'out' / 'wall.png'}: no face found, written unchanged",
+    ]
+    crop = home / "crop.png"
+    cv2.imwrite(str(crop), np.full((100, 100, 3), 128, np.uint8))
+    assert run(["--input", crop, "--output", home / "crop_out.png", "--aligned", *base_args(models_dir)], home) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{home / 'crop_out.png'}: face crop restored at 64x64 (the model's size)"
+    ]
+
+
+def test_damaged_images_of_other_formats_are_not_called_non_images(home):
+    ok, encoded = cv2.imencode(".tif", np.full((64, 64, 3), 100, np.uint8))
+    data = encoded.tobytes()
+    (home / "cut.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(cli.ImageFileError, match=r"truncated or corrupt image \(\d+ bytes; a TIFF"):
+        cli.read_image(home / "cut.tif")
+
+
+def test_a_bad_checksum_in_an_ancillary_png_chunk_is_tolerated_like_libpng_does(home, fixtures_dir):
+    ok, encoded = cv2.imencode(".png", np.full((8, 8, 3), 100, np.uint8))
+    data = encoded.tobytes()
+    chunk = b"tEXt" + b"Comment\x00hello"
+    text = len(chunk[4:]).to_bytes(4, "big") + chunk + b"\x00\x00\x00\x00"  # a wrong CRC
+    (home / "text.png").write_bytes(data[:33] + text + data[33:])  # after the 8-byte signature and IHDR
+    assert cli.read_image(home / "text.png")[0].shape == (8, 8, 3)
+
+
+def test_results_get_the_permissions_of_any_new_file(models_dir, home):
+    crop = home / "crop.png"
+    cv2.imwrite(str(crop), np.full((64, 64, 3), 128, np.uint8))
+    assert run(["--input", crop, "--output", home / "out.png", "--aligned", *base_args(models_dir)], home) == 0
+    (home / "plain.txt").write_text("")
+    assert (home / "out.png").stat().st_mode == (home / "plain.txt").stat().st_mode
+    assert [p.name for p in home.iterdir() if p.name.startswith(".")] == []  # no temporary file left

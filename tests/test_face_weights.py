@@ -20,6 +20,7 @@ import pytest
 from comfyui_gpen_restore import face_utils
 from comfyui_gpen_restore.face_utils import ChecksumError, WeightsSpec, WeightsUnavailableError, load_detector, resolve_weights
 from comfyui_gpen_restore.face_utils.weights import KNOWN_WEIGHTS
+from test_gpen_loader import CodePayload
 
 PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: several of torch.hub's 128 kB read chunks
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -196,7 +197,10 @@ def test_detector_is_downloaded_on_first_use(server, tmp_path, fixtures_dir, mon
 
 def test_import_loads_no_model_library():
     root = Path(face_utils.__file__).resolve().parents[1]
-    code = "import sys, face_utils; print('facexlib' in sys.modules, 'torchvision' in sys.modules)"
+    # Imported as the command line imports the pack (face_utils imports gpen_arch relatively, so the folder is
+    # never imported alone).
+    code = ("import sys, restore_faces; restore_faces.load_package(); import comfyui_gpen_restore.face_utils; "
+            "print('facexlib' in sys.modules, 'torchvision' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
@@ -222,3 +226,45 @@ def test_package_has_no_network_code_of_its_own():
             offenders += [f"{relative}: import {name}" for name in names if name.split(".")[0] in NETWORK_MODULES]
     assert offenders == []
     assert PACKAGE_ROOT / "face_utils" / "weights.py" in checked and PACKAGE_ROOT / "nodes.py" in checked
+
+
+@pytest.mark.parametrize(("damage", "expected"), [
+    ("cut", r"detection_mobilenet0.25_Final.pth is truncated or corrupt \([\d,]+ bytes"),
+    ("empty", r"is an empty file \(0 bytes\)"),
+    ("text", r"is not a PyTorch checkpoint"),
+    ("code", r"needs code to load, which is never run"),
+])
+def test_a_damaged_detector_file_says_what_it_is_and_where_the_real_one_is(tmp_path, fixtures_dir, damage, expected):
+    import torch
+
+    from comfyui_gpen_restore.gpen_arch import UnsupportedCheckpointError
+
+    spec = KNOWN_WEIGHTS["retinaface_mobile0.25"]
+    target = tmp_path / spec.filename
+    data = (fixtures_dir / "facedetection" / spec.filename).read_bytes()
+    if damage == "cut":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        target.write_bytes(b"")
+    elif damage == "text":
+        target.write_text("404: Not Found")
+    else:
+        torch.save({"state_dict": {}, "hook": CodePayload(str(tmp_path / "ran"))}, target)
+    with pytest.raises(UnsupportedCheckpointError, match=expected) as error:
+        load_detector("retinaface_mobile0.25", tmp_path)
+    message = str(error.value)
+    assert spec.url in message and "weights_only" not in message and message.endswith(".")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_an_offline_detector_names_the_other_detectors(tmp_path, monkeypatch):
+    spec = KNOWN_WEIGHTS["retinaface_resnet50"]
+    offline = WeightsSpec(spec.filename, _closed_port_url(), spec.sha256)
+    monkeypatch.setitem(KNOWN_WEIGHTS, "retinaface_resnet50", offline)
+    (tmp_path / KNOWN_WEIGHTS["yunet"].filename).write_bytes(b"onnx")
+    with pytest.raises(WeightsUnavailableError) as error:
+        load_detector("retinaface_resnet50", tmp_path)
+    message = str(error.value)
+    assert "Could not download detection_Resnet50_Final.pth" in message  # the download's own message, then:
+    assert "Or choose another detector: retinaface_mobile0.25 (detection_mobilenet0.25_Final.pth)" in message
+    assert "yunet (face_detection_yunet_2023mar.onnx, already in that folder)" in message

@@ -186,9 +186,13 @@ def test_code_payload_is_refused_and_never_runs(tmp_path):
     state_dict = randomised(SMALL)
     with open(tmp_path / "evil.pth", "wb") as f:
         torch.save({"state_dict": state_dict, "extra": CodePayload(str(marker))}, f)
-    with pytest.raises(UnsupportedCheckpointError, match="needs code to load, which is never run"):
+    with pytest.raises(UnsupportedCheckpointError, match="needs code to load, which is never run") as error:
         load_gpen(tmp_path / "evil.pth")
     assert not marker.exists()
+    # torch's own text advises turning the safety off; it must never be passed on.
+    message = str(error.value)
+    assert "weights only" not in message.lower().replace("_", " ")
+    assert "use a file of plain weights" in message.lower()
     # A plain pickle (not torch's format) with the same payload is refused too.
     (tmp_path / "evil_plain.pth").write_bytes(pickle.dumps(CodePayload(str(marker))))
     with pytest.raises(UnsupportedCheckpointError):
@@ -201,8 +205,30 @@ def test_truncated_checkpoint_is_refused(tmp_path, fraction):
     torch.save(randomised(SMALL), tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: int(len(data) * fraction)])
-    with pytest.raises(UnsupportedCheckpointError, match="truncated or corrupt"):
+    with pytest.raises(UnsupportedCheckpointError, match="truncated or corrupt") as error:
         load_gpen(tmp_path / "cut.pth")
+    message = str(error.value)
+    assert f"{int(len(data) * fraction):,} bytes" in message
+    assert "weights_only" not in message and message.endswith(".")  # whole sentences, never cut
+
+
+def test_a_file_that_is_no_checkpoint_is_named_so(tmp_path):
+    (tmp_path / "notes.pth").write_text("these are not weights\n")
+    with pytest.raises(UnsupportedCheckpointError, match=r"notes.pth is not a PyTorch checkpoint.*b'thes'"):
+        load_gpen(tmp_path / "notes.pth")
+
+
+def test_every_refusal_ends_with_the_callers_advice(tmp_path):
+    advice = "Expected a GPEN file; download one from https://example.org/gpen"
+    (tmp_path / "notes.pth").write_text("these are not weights\n")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    torch.save({"epoch": 3}, tmp_path / "wrapped.pth")
+    (tmp_path / "cut.onnx").write_bytes(b"\x08\x07")
+    for name in ("notes.pth", "other.pth", "wrapped.pth", "cut.onnx", "absent.pth"):
+        with pytest.raises((UnsupportedCheckpointError, FileNotFoundError)) as error:
+            load_gpen(tmp_path / name, where_to_get=advice)
+        message = str(error.value)
+        assert message.endswith(f"{advice}.") and "facerestore_models" not in message, message
 
 
 def test_truncated_safetensors_is_refused(tmp_path):
