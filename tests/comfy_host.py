@@ -92,8 +92,8 @@ def import_comfy() -> types.SimpleNamespace:
 def import_pack(package_name: str = PACK_IMPORT_NAME) -> types.ModuleType:
     """The repository imported as ComfyUI imports a custom node folder: a package (its relative imports work),
     registered under `package_name`, once per process (the command line's loader in restore_faces.py uses the
-    same recipe and name, so whichever runs first wins and both see one package). Its __init__ registers the
-    nodes only when ComfyUI's `folder_paths` is importable, so call `import_comfy()` first for node tests."""
+    same recipe and name, so whichever runs first wins and both see one package). Importing it does nothing else;
+    ComfyUI's side starts at its `comfy_entrypoint()`, which needs `import_comfy()` first."""
     if package_name in sys.modules:
         return sys.modules[package_name]
     spec = importlib.util.spec_from_file_location(
@@ -271,7 +271,7 @@ class ComfyServer:
     def run(self, prompt: dict, timeout_s: float = 120.0) -> dict:
         """Post, wait, and insist on success: the history entry (its `outputs` per output node)."""
         entry = self.wait(self.post(prompt), timeout_s)
-        assert entry["status"]["status_str"] == "success", execution_error(entry) or entry["status"]
+        assert entry["status"]["status_str"] == "success", describe_failure(entry)
         return entry
 
     def websocket(self, timeout_s: float = 30.0) -> WebSocket:
@@ -305,6 +305,16 @@ def execution_error(entry: dict) -> dict | None:
         if kind == "execution_error":
             return data
     return None
+
+
+def describe_failure(entry: dict) -> str:
+    """A failed prompt's error as a readable assertion message: the node, its message and the traceback's end."""
+    error = execution_error(entry)
+    if error is None:
+        return f"prompt did not succeed: {entry.get('status')}"
+    traceback = "".join(error.get("traceback") or [])[-2000:]
+    return (f"{error.get('node_type')} (node {error.get('node_id')}) failed: {error.get('exception_type')}: "
+            f"{error.get('exception_message')}\n{traceback}")
 
 
 def status_messages(entry: dict, kind: str) -> list[dict]:
@@ -383,6 +393,9 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory, fixtures_dir: Path) -
                 pytest.fail(f"ComfyUI did not answer /system_stats in {SERVER_START_TIMEOUT_S} s:\n"
                             f"{server.log_tail()}")
             time.sleep(0.25)  # polling interval while the server imports
+        if not any(name.startswith("GPEN") for name in server.object_info()):
+            ours = [line for line in server.log().splitlines() if PACK_DIR_NAME in line]
+            pytest.fail("ComfyUI started without this pack's nodes; its log about the pack:\n" + "\n".join(ours))
         yield server
     finally:
         process.terminate()
@@ -420,9 +433,17 @@ class FrontendPage:
         page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
 
     def open(self) -> None:
+        """Load the page and wait until the app has registered every node class the server offers and opened
+        its first workflow (the end of its setup, which would otherwise replace a graph loaded before it)."""
+        node_classes = sorted(self.server.object_info())
         self.page.goto(self.server.url, wait_until="domcontentloaded")
         self.page.wait_for_function(
-            "() => window.app && window.app.graph && window.app.canvas && window.app.vueAppReady !== false",
+            """(classes) => {
+                const app = window.app, types = window.LiteGraph && window.LiteGraph.registered_node_types;
+                return Boolean(app && app.canvas && types && classes.every((c) => c in types)
+                               && app.extensionManager?.workflow?.activeWorkflow);
+            }""",
+            arg=node_classes,
             timeout=PAGE_READY_TIMEOUT_S * 1000,
         )
         self.page.evaluate(_REGISTER_PROBE)

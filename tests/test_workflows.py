@@ -1,196 +1,522 @@
-"""Every shipped workflow: the UI file is valid against the node definitions, its API twin is exactly what the
-frontend would export, and the API twin runs (our nodes for real, with real detection and a test-made GPEN;
-other packs' nodes through small stand-ins)."""
+"""The shipped workflows in the real host: each API twin runs on a real ComfyUI server (our nodes with real
+detection and a test-made GPEN, ComfyUI's own nodes for the rest), each UI file loads in ComfyUI's real frontend
+with none of our nodes missing, the frontend's own export of it is its API twin, and the template folder is what
+ComfyUI's template browser shows (UI files with thumbnails, laid out clear of the frontend's panels).
+
+One server and one browser page serve the whole module (see tests/comfy_host.py)."""
 
 from __future__ import annotations
 
 import copy
+import io as bytes_io
 import json
+import math
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from comfy_doubles import REPO_ROOT
-from nodes_support import DETECTOR, comfy, models_dir, pack, read_rgb, save_gpen  # noqa: F401
-from workflow_support import node_definitions, run_api_workflow, ui_to_api, validate_ui_workflow
+from comfy_host import PACK_DIR_NAME, REPO_ROOT, ComfyError, ComfyServer, FrontendPage, describe_failure
+from comfy_host import execution_error, status_messages
 
-WORKFLOWS = REPO_ROOT / "workflows"
+WORKFLOWS = REPO_ROOT / "workflows"  # what ComfyUI publishes as this pack's templates: UI format only
+API_WORKFLOWS = WORKFLOWS / "api"  # the API-format twins, one folder down where the template browser never looks
 NAMES = ["restore_photo", "quick_restore", "after_face_swap", "after_generation", "video_frames"]
+OTHER_PACKS_NODES = {"after_face_swap": ["ReActorFaceSwap"]}  # needs the ReActor pack, not installed here
+DETECTOR = "retinaface_mobile0.25"  # the fixtures ship only this detector's weights, and tests never download
+THUMBNAIL_WIDTH = 640
+# The browser window of a 1920x1080 screen less the browser's own bars: the view a user opens a template in.
+VIEWPORT = {"width": 1920, "height": 950}
+# Where the paste-back of Grace Hopper's face may change the 512x600 fixture photo (rows, columns): GPEN's aligned
+# crop covers the whole head, and the mask's feather reaches rows 24-365, columns 110-406 (measured); the lower
+# third (uniform and medals) and the sides must stay exactly as they were.
+FACE_BOX = (slice(0, 400), slice(90, 430))
+MIRRORED_FACE_BOX = (FACE_BOX[0], slice(512 - FACE_BOX[1].stop, 512 - FACE_BOX[1].start))
+# An 8-bit PNG read into [0, 1] floats and written back is exact; allow one level for the encoder's rounding.
+EIGHT_BIT = 1
 
 
 def load(name: str, api: bool = False) -> dict:
-    return json.loads((WORKFLOWS / f"{name}{'.api' if api else ''}.json").read_text(encoding="utf-8"))
+    path = API_WORKFLOWS / f"{name}.api.json" if api else WORKFLOWS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-@pytest.fixture
-def workflow_pack(pack, comfy):
-    """The pack with the model file the workflows name (a small random GPEN under GPEN-BFR-2048's name: the size
-    is read from the weights, never from the name)."""
-    save_gpen(comfy.models_dir / "facerestore_models" / "GPEN-BFR-2048.pth", 64)
-    return pack
-
-
-def test_the_workflow_folder_holds_each_workflow_and_its_api_twin():
-    files = sorted(p.name for p in WORKFLOWS.glob("*.json"))
-    assert files == sorted([f"{n}.json" for n in NAMES] + [f"{n}.api.json" for n in NAMES])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_ui_workflow_matches_the_node_definitions(workflow_pack, name):
-    definitions = node_definitions(workflow_pack.NODE_CLASS_MAPPINGS)
-    workflow = load(name)
-    assert validate_ui_workflow(workflow, definitions, strict_types=set(workflow_pack.NODE_CLASS_MAPPINGS)) == []
-    assert any(node["type"].startswith("GPEN") for node in workflow["nodes"])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_api_twin_is_the_export_of_the_ui_workflow(workflow_pack, name):
-    definitions = node_definitions(workflow_pack.NODE_CLASS_MAPPINGS)
-    exported = ui_to_api(load(name), definitions)
-    twin = load(name, api=True)
-    strip = lambda api: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}  # noqa: E731
-    assert strip(twin) == strip(exported)
-
-
-def test_validation_catches_broken_workflows(workflow_pack):
-    """The validator itself: wrong widget count, wrong link type, unknown node type and a missing required link."""
-    definitions = node_definitions(workflow_pack.NODE_CLASS_MAPPINGS)
-    strict = set(workflow_pack.NODE_CLASS_MAPPINGS)
-    original = load("restore_photo")
-
-    broken = copy.deepcopy(original)
-    next(n for n in broken["nodes"] if n["type"] == "GPENPasteFaces")["widgets_values"].pop()
-    assert any("widget values, expected" in p for p in validate_ui_workflow(broken, definitions, strict))
-
-    broken = copy.deepcopy(original)
-    restore = next(n for n in broken["nodes"] if n["type"] == "GPENRestoreFaces")
-    restore["widgets_values"] = [1.5]
-    assert any("strength = 1.5 outside" in p for p in validate_ui_workflow(broken, definitions, strict))
-
-    broken = copy.deepcopy(original)
-    faces_link = next(link for link in broken["links"] if link[5] == "GPEN_FACES")
-    faces_link[5] = "IMAGE"
-    assert any("type IMAGE" in p for p in validate_ui_workflow(broken, definitions, strict))
-
-    broken = copy.deepcopy(original)
-    broken["nodes"][0]["type"] = "GPENNoSuchNode"
-    assert any("unknown node type" in p for p in validate_ui_workflow(broken, definitions, strict))
-
-    broken = copy.deepcopy(original)
-    paste = next(n for n in broken["nodes"] if n["type"] == "GPENPasteFaces")
-    paste["inputs"] = [s for s in paste["inputs"] if s["name"] != "faces"]
-    assert any("'faces' is not connected" in p for p in validate_ui_workflow(broken, definitions, strict))
-
-
-# --- running the API twins -------------------------------------------------------------------------------------
-
-
-class StandIns:
-    """Other packs' and core nodes, reduced to what the workflows need; outputs are recorded."""
-
-    def __init__(self, fixtures_dir: Path) -> None:
-        self.photo = read_rgb(fixtures_dir / "images" / "grace_hopper.jpg")
-        self.other = read_rgb(fixtures_dir / "images" / "astronaut.png")
-        self.saved: dict[str, torch.Tensor] = {}
-        self.video: dict | None = None
-        self.frames = torch.from_numpy(np.stack([self.photo, np.full_like(self.photo, 0.5), self.photo[:, ::-1]]))
-
-    def functions(self) -> dict:
-        return {
-            "LoadImage": self.load_image,
-            "SaveImage": self.save_image,
-            "PreviewImage": self.preview,
-            "CheckpointLoaderSimple": lambda ckpt_name: ("MODEL", "CLIP", "VAE"),
-            "CLIPTextEncode": lambda text, clip: ([[text]],),
-            "EmptyLatentImage": lambda width, height, batch_size: (
-                {"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},),
-            "KSampler": lambda latent_image, **settings: (latent_image,),
-            "VAEDecode": self.decode,
-            "ReActorFaceSwap": lambda input_image, **settings: (input_image, None, input_image),
-            "LoadVideo": lambda file: ({"file": file},),
-            "GetVideoComponents": lambda video: (self.frames, {"waveform": torch.zeros(1, 2, 10)}, 24.0),
-            "CreateVideo": lambda images, fps, audio=None: ({"images": images, "fps": fps, "audio": audio},),
-            "SaveVideo": self.save_video,
-        }
-
-    def load_image(self, image: str):
-        frame = self.other if image == "source_face.png" else self.photo
-        return torch.from_numpy(frame[None].copy()), torch.zeros(1, *frame.shape[:2])
-
-    def save_image(self, images: torch.Tensor, filename_prefix: str):
-        self.preview(images)
-        self.saved[filename_prefix] = images
-        return ()
-
-    def preview(self, images: torch.Tensor):
-        images[0]  # ComfyUI's SaveImage and PreviewImage index the first image, so an empty batch fails there
-        return ()
-
-    def decode(self, samples: dict, vae: str):
-        height, width = (8 * s for s in samples["samples"].shape[-2:])
-        canvas = np.zeros((height, width, 3), np.float32)
-        canvas[: self.photo.shape[0], : self.photo.shape[1]] = self.photo  # "generates" a portrait
-        return (torch.from_numpy(canvas[None]),)
-
-    def save_video(self, video: dict, filename_prefix: str, format: str, codec: str):  # noqa: A002
-        self.video = video
-        return ()
-
-
-def run(pack, name: str, fixtures_dir: Path, *, photo: np.ndarray | None = None) -> StandIns:
-    api = load(name, api=True)
-    for node in api.values():
+def runnable(prompt: dict) -> dict:
+    """The prompt with the one offline detector the fixtures ship (the workflows' own choice is checked by the
+    frontend export test, which compares every value)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
         if node["class_type"] == "GPENFaceDetectorLoader":
-            # The fixtures ship only RetinaFace-MobileNet weights (no downloads in tests); the workflows' own
-            # choice is checked by the validation tests.
             node["inputs"]["detector"] = DETECTOR
-    stand_ins = StandIns(fixtures_dir)
-    if photo is not None:
-        stand_ins.photo = photo
-    definitions = node_definitions(pack.NODE_CLASS_MAPPINGS)
-    run_api_workflow(api, definitions, pack.NODE_CLASS_MAPPINGS, stand_ins.functions())
-    return stand_ins
+    return prompt
 
 
-def assert_face_restored(image: torch.Tensor, original: np.ndarray) -> None:
-    """The face region changed (random GPEN weights make any face look different), the corners did not."""
-    face = (image[0, 150:330, 190:340] - torch.from_numpy(original[150:330, 190:340])).abs().mean()
-    assert face > 0.02
-    torch.testing.assert_close(image[0, :40, :40], torch.from_numpy(original[:40, :40]))
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
-@pytest.mark.parametrize("name", ["restore_photo", "quick_restore", "after_face_swap"])
-def test_photo_workflows_run(workflow_pack, comfy, fixtures_dir, name):
-    stand_ins = run(workflow_pack, name, fixtures_dir)
-    (image,) = stand_ins.saved.values()
-    assert image.shape == (1, 600, 512, 3)
-    assert_face_restored(image, stand_ins.photo)
-    assert len(comfy.load_calls) == 1
+@pytest.fixture(scope="module")
+def photo(comfy_server: ComfyServer) -> np.ndarray:
+    """The workflows' inputs, written into the server's input folder: `portrait.png` (the fixture photo of
+    Grace Hopper as an exact 8-bit PNG), `generated.png` (the same face on the 512x768 canvas after_generation's
+    latent asks for) and `clip.mp4` (see `video`). Returns the portrait's pixels, uint8 [600, 512, 3]."""
+    from PIL import Image
+
+    with Image.open(comfy_server.input_dir / "grace_hopper.jpg") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    Image.fromarray(pixels).save(comfy_server.input_dir / "portrait.png")
+    canvas = np.zeros((768, 512, 3), np.uint8)
+    canvas[: pixels.shape[0]] = pixels
+    Image.fromarray(canvas).save(comfy_server.input_dir / "generated.png")
+    return pixels
 
 
-def test_generation_workflow_runs(workflow_pack, fixtures_dir):
-    stand_ins = run(workflow_pack, "after_generation", fixtures_dir)
-    image = stand_ins.saved["gpen/generated"]
-    assert image.shape == (1, 768, 512, 3)
-    assert_face_restored(image, np.pad(stand_ins.photo, ((0, 168), (0, 0), (0, 0))))
+VIDEO_FPS = 24
+VIDEO_AUDIO_RATE = 16000
 
 
-def test_video_workflow_runs_frame_by_frame(workflow_pack, comfy, fixtures_dir):
-    stand_ins = run(workflow_pack, "video_frames", fixtures_dir)
-    video = stand_ins.video
-    assert video["fps"] == 24.0 and video["audio"] is not None
-    frames = video["images"]
-    assert frames.shape == stand_ins.frames.shape
-    assert torch.equal(frames[1], stand_ins.frames[1])  # the frame without a face is untouched
-    assert_face_restored(frames[:1], stand_ins.photo)
-    assert (frames[2] - stand_ins.frames[2]).abs().mean() > 0.005
-    assert comfy.progress[-1].values[-1] == 3
+@pytest.fixture(scope="module")
+def video(comfy_server: ComfyServer, photo: np.ndarray) -> list[np.ndarray]:
+    """`clip.mp4` in the input folder: four frames (the portrait, a flat grey frame without a face, the portrait
+    mirrored, the portrait) at 24 fps with a sine tone as sound. Returns the frames as written (before h264)."""
+    import av
+
+    frames = [photo, np.full_like(photo, 128), np.ascontiguousarray(photo[:, ::-1]), photo]
+    with av.open(str(comfy_server.input_dir / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=VIDEO_FPS)
+        stream.width, stream.height, stream.pix_fmt = photo.shape[1], photo.shape[0], "yuv420p"
+        stream.options = {"crf": "12"}  # near-lossless: faces stay detectable, comparisons stay meaningful
+        audio = container.add_stream("aac", rate=VIDEO_AUDIO_RATE, layout="mono")
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+        seconds = len(frames) / VIDEO_FPS
+        t = np.arange(int(VIDEO_AUDIO_RATE * seconds)) / VIDEO_AUDIO_RATE
+        tone = (0.3 * np.sin(2 * math.pi * 440 * t)).astype(np.float32)[None]
+        sound = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+        sound.sample_rate = VIDEO_AUDIO_RATE
+        container.mux(audio.encode(sound))
+        container.mux(audio.encode())
+    return frames
 
 
+def assert_only_the_face_changed(restored: np.ndarray, original: np.ndarray) -> None:
+    """The face was restored (random GPEN weights make any face look different) and every pixel outside the
+    face box is the input's, within 8-bit rounding."""
+    assert restored.shape == original.shape
+    difference = np.abs(restored.astype(np.int16) - original.astype(np.int16))
+    assert difference[FACE_BOX].mean() > 5, "the face was not restored"
+    outside = difference.copy()
+    outside[FACE_BOX] = 0
+    assert outside.max() <= EIGHT_BIT, f"pixels outside the face changed, by up to {outside.max()}/255"
+
+
+# --- the template folder ---------------------------------------------------------------------------------------
+
+
+def test_the_template_folder_holds_only_ui_workflows_each_with_a_thumbnail():
+    """ComfyUI publishes every `workflows/*.json` of a pack as a template with `<name>.jpg` as its picture
+    (app/custom_node_manager.py and the frontend's template store): an API-format file there is a broken
+    template, and a missing .jpg a broken picture."""
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == sorted(NAMES)
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.jpg")) == sorted(NAMES)
+    for name in NAMES:
+        assert {"nodes", "links"} <= set(load(name)), f"{name}.json is not a UI-format workflow"
+    assert sorted(p.name for p in API_WORKFLOWS.iterdir()) == sorted(f"{n}.api.json" for n in NAMES)
+
+
+def test_the_server_lists_our_templates_and_serves_their_thumbnails(comfy_server: ComfyServer):
+    from PIL import Image
+
+    templates = comfy_server.request("/workflow_templates")
+    assert sorted(templates[PACK_DIR_NAME]) == sorted(NAMES)
+    for name in NAMES:
+        template = comfy_server.request(f"/api/workflow_templates/{PACK_DIR_NAME}/{name}.json")
+        assert template == load(name)
+        # The URL the frontend's template browser builds for a custom node's picture.
+        request = f"{comfy_server.url}/api/workflow_templates/{PACK_DIR_NAME}/{name}.jpg"
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.headers["Content-Type"] == "image/jpeg"
+            data = answer.read()
+        with Image.open(bytes_io.BytesIO(data)) as image:
+            assert image.format == "JPEG" and image.width == THUMBNAIL_WIDTH and image.height >= 120
+            pixels = np.asarray(image.convert("L"), np.float32)
+        assert pixels.std() > 10, f"{name}.jpg is a flat placeholder, not a picture of the workflow"
+
+
+# --- the API twins on the server -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_restore_photo_runs(comfy_server: ComfyServer, photo: np.ndarray):
+    entry = comfy_server.run(runnable(load("restore_photo", api=True)))
+    (saved,) = comfy_server.output_files(entry, "7")
+    assert saved.parent == comfy_server.output_dir / "gpen" and saved.name.startswith("restored")
+    assert_only_the_face_changed(read_png(saved), photo)
+    # The previews the workflow shows: one detected face, one restored crop at the model's size (64 px).
+    (detected,) = comfy_server.output_files(entry, "8")
+    assert read_png(detected).shape == photo.shape
+    crops = comfy_server.output_files(entry, "9")
+    assert len(crops) == 1 and read_png(crops[0]).shape == (64, 64, 3)
+
+
+@pytest.mark.slow
+def test_quick_restore_runs(comfy_server: ComfyServer, photo: np.ndarray):
+    entry = comfy_server.run(runnable(load("quick_restore", api=True)))
+    (saved,) = comfy_server.output_files(entry, "5")
+    assert saved.name.startswith("restored")
+    assert_only_the_face_changed(read_png(saved), photo)
+
+
+@pytest.mark.slow
+def test_after_face_swap_runs_without_the_swap(comfy_server: ComfyServer, photo: np.ndarray):
+    """ReActor is another pack (not installed): its node is cut out and the target image goes straight to GPEN;
+    everything else runs as shipped."""
+    prompt = runnable(load("after_face_swap", api=True))
+    assert prompt.pop("3")["class_type"] == "ReActorFaceSwap"
+    del prompt["2"]  # the swap's source face, used by nothing else
+    prompt["1"]["inputs"]["image"] = "portrait.png"
+    prompt["6"]["inputs"]["image"] = ["1", 0]
+    entry = comfy_server.run(prompt)
+    (saved,) = comfy_server.output_files(entry, "7")
+    assert saved.name.startswith("swapped_restored")
+    assert_only_the_face_changed(read_png(saved), photo)
+
+
+@pytest.mark.slow
+def test_after_generation_is_valid_and_its_gpen_half_runs(comfy_server: ComfyServer, photo: np.ndarray):
+    """The whole graph passes the server's validation but for the Stable Diffusion checkpoint (2 GB, not here);
+    then the GPEN half runs as shipped on a 'generated' image of the size the latent asks for."""
+    prompt = runnable(load("after_generation", api=True))
+    with pytest.raises(ComfyError) as refused:
+        comfy_server.post(prompt)
+    node_errors = refused.value.answer["node_errors"]
+    assert list(node_errors) == ["1"], node_errors
+    assert [e["extra_info"]["input_name"] for e in node_errors["1"]["errors"]] == ["ckpt_name"]
+
+    width, height = prompt["4"]["inputs"]["width"], prompt["4"]["inputs"]["height"]
+    for generating in ("1", "2", "3", "4", "5", "6"):
+        del prompt[generating]
+    prompt["6"] = {"class_type": "LoadImage", "inputs": {"image": "generated.png"}}
+    entry = comfy_server.run(prompt)
+    (saved,) = comfy_server.output_files(entry, "10")
+    restored = read_png(saved)
+    assert restored.shape == (height, width, 3)
+    assert_only_the_face_changed(restored[: photo.shape[0]], photo)
+    assert not restored[photo.shape[0]:].any()  # the empty lower part of the canvas stays black
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], float, int]:
+    """Frames (RGB uint8), frame rate and audio sample count of a video file."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    with av.open(str(path)) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0)) if container.streams.audio else 0
+    return frames, fps, samples
+
+
+@pytest.mark.slow
+def test_video_frames_runs_frame_by_frame_with_fps_and_sound(comfy_server: ComfyServer, video: list[np.ndarray]):
+    entry = comfy_server.run(runnable(load("video_frames", api=True)), timeout_s=300)
+    (saved,) = comfy_server.output_files(entry, "7")
+    assert saved.name.startswith("video") and saved.stat().st_size > 0
+    inputs, _, input_samples = read_video(comfy_server.input_dir / "clip.mp4")
+    frames, fps, samples = read_video(saved)
+    assert len(frames) == len(video) and fps == VIDEO_FPS
+    assert samples > 0 and abs(samples - input_samples) <= 2048  # the sound came along (one AAC frame of slack)
+    changes = [np.abs(out.astype(np.int16) - inp.astype(np.int16)) for out, inp in zip(frames, inputs)]
+    for index in (0, 2, 3):  # the frames with a face: restored inside the face, near-identical outside
+        face = changes[index][FACE_BOX if index != 2 else MIRRORED_FACE_BOX]
+        below = changes[index][FACE_BOX[0].stop + 20:]  # clear of the face and of h264's blocks around it
+        assert face.mean() > 5 * max(below.mean(), 0.5), f"frame {index}: face not restored"
+    assert changes[1].mean() < 2  # the grey frame has no face: only the re-encoding touched it
+
+
+# --- errors, interruption, freeing memory ------------------------------------------------------------------------
+
+
+def run_expecting_error(server: ComfyServer, prompt: dict) -> dict:
+    entry = server.wait(server.post(prompt))
+    assert entry["status"]["status_str"] == "error"
+    error = execution_error(entry)
+    assert error is not None, entry["status"]
+    return error
+
+
+def test_non_square_crops_stop_with_the_restore_nodes_own_message(comfy_server: ComfyServer, photo: np.ndarray):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "portrait.png"}},  # 512x600: not a square crop
+        "2": {"class_type": "GPENModelLoader",
+              "inputs": {"model_name": "GPEN-BFR-64.pth", "precision": "auto", "compile": False}},
+        "3": {"class_type": "GPENRestoreFaces", "inputs": {"gpen_model": ["2", 0], "face_crops": ["1", 0],
+                                                            "strength": 0.8}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    error = run_expecting_error(comfy_server, prompt)
+    assert (error["node_id"], error["node_type"]) == ("3", "GPENRestoreFaces")
+    message = error["exception_message"]
+    # Stable parts of the node's message: what is wrong, and the size it found (written 512x600 or [.., 600, 512, ..]).
+    assert "must be square" in message and "600" in message and "512" in message, message
+
+
+def test_a_foreign_checkpoint_stops_with_the_loaders_own_message(comfy_server: ComfyServer):
+    import torch
+
+    # Listed as soon as it is in the folder (ComfyUI asks the node for its file list at each validation).
+    torch.save({"conv.weight": torch.zeros(4, 3, 3, 3)}, comfy_server.models_dir / "facerestore_models" /
+               "not_gpen.pth")
+    prompt = {
+        "1": {"class_type": "GPENModelLoader",
+              "inputs": {"model_name": "not_gpen.pth", "precision": "auto", "compile": False}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "portrait.png"}},
+        "3": {"class_type": "GPENRestoreFaces", "inputs": {"gpen_model": ["1", 0], "face_crops": ["2", 0],
+                                                            "strength": 0.8}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    error = run_expecting_error(comfy_server, prompt)
+    assert (error["node_id"], error["node_type"]) == ("1", "GPENModelLoader")
+    assert "Not a GPEN checkpoint" in error["exception_message"]
+
+
+def long_prompt(frames: int, strength: float) -> dict:
+    """Grace Hopper's face (a 256-px crop of the portrait) repeated `frames` times through the one-node
+    restorer: long enough to interrupt, at a few faces per second."""
+    return runnable({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "portrait.png"}},
+        "2": {"class_type": "ImageCrop", "inputs": {"image": ["1", 0], "width": 256, "height": 256,
+                                                    "x": 130, "y": 110}},
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": frames}},
+        "4": {"class_type": "GPENModelLoader",
+              "inputs": {"model_name": "GPEN-BFR-64.pth", "precision": "auto", "compile": False}},
+        "5": {"class_type": "GPENFaceDetectorLoader", "inputs": {"detector": DETECTOR}},
+        "6": {"class_type": "GPENRestoreFacesOneNode", "inputs": {
+            "image": ["3", 0], "gpen_model": ["4", 0], "face_detector": ["5", 0], "strength": strength,
+            "score_threshold": 0.9, "order": "largest", "face_index": "all", "max_faces": 0, "template": "gpen",
+            "mask_shape": "ellipse", "erosion": 0.04, "feather": 0.1, "color_correction": True}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+    })
+
+
+@pytest.mark.slow
+def test_interrupt_stops_a_running_prompt_and_unloading_models_keeps_the_next_working(
+        comfy_server: ComfyServer, photo: np.ndarray):
+    """Interrupt while the restorer is between faces (seen on the websocket: its progress has started), unload
+    the models through /free in the same moment; then the next prompt, with the model loader's result still
+    cached but its weights unloaded, runs to the end."""
+    frames = 400
+    socket = comfy_server.websocket()
+    try:
+        prompt_id = comfy_server.post(long_prompt(frames, strength=0.8))
+        progress: list[int] = []
+        for message in socket.messages(deadline=time.monotonic() + 180):
+            data = message.get("data", {})
+            if data.get("prompt_id") != prompt_id:
+                continue
+            if message["type"] == "progress" and data.get("node") == "6":
+                progress.append(data["value"])
+                if len(progress) == 1:
+                    # Flags set while the prompt runs are read right after it ends, before the next prompt.
+                    comfy_server.free(unload_models=True)
+                    comfy_server.interrupt(prompt_id)
+            if message["type"] in ("execution_interrupted", "execution_success", "execution_error"):
+                break
+    finally:
+        socket.close()
+    entry = comfy_server.wait(prompt_id)
+    assert status_messages(entry, "execution_interrupted"), entry["status"]
+    assert progress and max(progress) < frames, "the restorer ran to the end"
+    assert "7" not in entry["outputs"]
+
+    entry = comfy_server.run(long_prompt(1, strength=0.5))
+    cached = status_messages(entry, "execution_cached")[0]["nodes"]
+    assert "4" in cached and "6" not in cached  # the unloaded model object was reused and placed again
+    (preview,) = comfy_server.output_files(entry, "7")
+    restored, original = read_png(preview), photo[110:366, 130:386]
+    assert np.abs(restored.astype(np.int16) - original).mean() > 1
+
+
+# --- the frontend ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page(frontend_page: FrontendPage, photo: np.ndarray, video: list[np.ndarray]) -> Iterator[FrontendPage]:
+    """The frontend at the size of a user's browser window, with the workflows' input files in place (so that
+    every file combo keeps the workflow's value)."""
+    frontend_page.page.set_viewport_size(VIEWPORT)
+    yield frontend_page
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_loads_with_none_of_our_nodes_missing(page: FrontendPage, name: str):
+    page.load_workflow(load(name))
+    assert page.missing_node_types() == OTHER_PACKS_NODES.get(name, [])
+    loaded = page.page.evaluate("() => window.app.graph.nodes.map((n) => [String(n.id), n.type])")
+    assert sorted(loaded) == sorted([str(n["id"]), n["type"]] for n in load(name)["nodes"])
+
+
+def comparable(prompt: dict) -> dict:
+    """An API prompt as the server reads it: per node id its class, title and inputs. Inputs compare exactly:
+    a link is `[source node id as a string, output slot]` in both, a widget value is the value itself, so a
+    changed value, a link moved to another slot and a value turned into a link all differ."""
+    return {node_id: {"class_type": node["class_type"], "title": node.get("_meta", {}).get("title"),
+                      "inputs": node["inputs"]} for node_id, node in prompt.items()}
+
+
+def is_link(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_frontends_export_of_each_ui_workflow_is_its_api_twin(page: FrontendPage, comfy_server: ComfyServer,
+                                                                  name: str):
+    page.load_workflow(load(name))
+    exported = comparable(page.graph_to_prompt())
+    twin = comparable(load(name, api=True))
+    definitions = comfy_server.object_info()
+    for node_id, node in exported.items():
+        if node["class_type"] in definitions:
+            # The export also carries display-only widgets the node class does not define (LoadVideo's
+            # `video-preview`, added once the video has loaded); the server ignores them, so the twin need not
+            # have them. The twin itself must name only defined inputs.
+            defined = {k for group in definitions[node["class_type"]]["input"].values() for k in group}
+            node["inputs"] = {k: v for k, v in node["inputs"].items() if k in defined}
+            assert set(twin.get(node_id, {}).get("inputs", {})) <= defined, node_id
+    for missing in OTHER_PACKS_NODES.get(name, []):
+        # A node of a pack that is not installed is exported with its links only (no class, no widget values:
+        # the frontend has no definition to name them by); the twin must have exactly those links.
+        (node_id,) = [i for i, node in twin.items() if node["class_type"] == missing]
+        expected_links = {k: v for k, v in twin.pop(node_id)["inputs"].items() if is_link(v)}
+        placeholder = exported.pop(node_id)
+        assert placeholder["class_type"] is None
+        assert {k: v for k, v in placeholder["inputs"].items() if is_link(v)} == expected_links
+    assert exported == twin
+
+
+def test_the_page_export_differs_when_the_graph_does(page: FrontendPage):
+    """The comparison above can fail: a changed widget value and a rewired link both show in the export."""
+    workflow = load("restore_photo")
+    restore = next(n for n in workflow["nodes"] if n["type"] == "GPENRestoreFaces")
+    restore["widgets_values"] = [0.5]
+    page.load_workflow(workflow)
+    exported = comparable(page.graph_to_prompt())
+    assert exported["5"]["inputs"]["strength"] == 0.5
+    assert exported != comparable(load("restore_photo", api=True))
+
+
+# Overlays drawn over the graph canvas (side bar, tabs, the floating workflow menu and Run bar, minimap, zoom
+# controls): a node point is hidden when the topmost element there is neither the canvas nor a node's own DOM
+# widget (a text box, an image preview).
+_HIDDEN_POINTS = """(boxes) => {
+    const canvas = window.app.canvas.canvas;
+    const hidden = {};
+    for (const [id, [left, top, right, bottom]] of Object.entries(boxes)) {
+        const points = [[left + 2, top + 2], [right - 2, top + 2], [left + 2, bottom - 2], [right - 2, bottom - 2],
+                        [(left + right) / 2, top + 8]];
+        for (const [x, y] of points) {
+            const inside = x >= 8 && y >= 8 && x < window.innerWidth - 8 && y < window.innerHeight - 8;
+            const element = inside ? document.elementFromPoint(x, y) : null;
+            const clear = element && (element === canvas || element.closest(".dom-widget, .comfy-img-preview"));
+            if (!clear) (hidden[id] = hidden[id] || []).push([Math.round(x), Math.round(y),
+                element ? element.tagName + "." + element.className : "off screen"]);
+        }
+    }
+    return hidden;
+}"""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_node_is_in_view_and_clear_of_the_frontends_panels(page: FrontendPage, name: str,
+                                                                   tmp_path: Path):
+    """At the view the workflow opens with, every node's corners and title lie on the bare canvas, inside the
+    window: none under the side bar (the shipped files once opened with their left column under it), the tab
+    bar, the Run bar or the minimap. With GPEN_WRITE_THUMBNAILS=1 it also writes `workflows/<name>.jpg` from
+    this view, the template's picture."""
+    page.load_workflow(load(name))
+    page.page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    boxes = page.node_screen_boxes()
+    assert len(boxes) == len(load(name)["nodes"])
+    hidden = page.page.evaluate(_HIDDEN_POINTS, boxes)
+    page.screenshot(tmp_path / f"{name}.png")
+    assert hidden == {}, f"hidden node points (screenshot in {tmp_path}): {hidden}"
+    if os.environ.get("GPEN_WRITE_THUMBNAILS") == "1":
+        write_thumbnail(page, boxes, WORKFLOWS / f"{name}.jpg")
+
+
+def write_thumbnail(page: FrontendPage, boxes: dict[str, list[float]], path: Path) -> None:
+    """The graph as the page shows it, cropped to its nodes and scaled to THUMBNAIL_WIDTH, as a JPEG."""
+    from PIL import Image
+
+    margin = 16
+    left = max(min(b[0] for b in boxes.values()) - margin, 0)
+    top = max(min(b[1] for b in boxes.values()) - margin, 0)
+    right = min(max(b[2] for b in boxes.values()) + margin, VIEWPORT["width"])
+    bottom = min(max(b[3] for b in boxes.values()) + margin, VIEWPORT["height"])
+    png = page.page.screenshot(clip={"x": left, "y": top, "width": right - left, "height": bottom - top})
+    with Image.open(bytes_io.BytesIO(png)) as shot:
+        height = round(shot.height * THUMBNAIL_WIDTH / shot.width)
+        shot.convert("RGB").resize((THUMBNAIL_WIDTH, height), Image.LANCZOS).save(path, quality=85,
+                                                                                   optimize=True)
+
+
+@pytest.mark.slow
+def test_restore_photo_queued_from_the_page_runs(page: FrontendPage, comfy_server: ComfyServer,
+                                                 photo: np.ndarray):
+    """As a user runs it: loaded in the page, two widgets set in the page (the detector the fixtures ship, and a
+    strength no other test uses, so that restoring and pasting really run instead of coming from ComfyUI's
+    cache), queued by the page."""
+    page.load_workflow(load("restore_photo"))
+    page.page.evaluate("""(detector) => {
+        const graph = window.app.graph;
+        graph.getNodeById(3).widgets.find((w) => w.name === "detector").value = detector;
+        graph.getNodeById(5).widgets.find((w) => w.name === "strength").value = 0.65;
+    }""", DETECTOR)
+    entry = comfy_server.wait(page.queue(), timeout_s=180)
+    assert entry["status"]["status_str"] == "success", describe_failure(entry)
+    cached = {node for message in status_messages(entry, "execution_cached") for node in message["nodes"]}
+    assert not {"5", "6", "7"} & cached
+    (saved,) = comfy_server.output_files(entry, "7")
+    assert_only_the_face_changed(read_png(saved), photo)
+
+
+# The workflow files as the pack first shipped them (commit 8e28538): what users saved and share.
+SAVED = Path(__file__).parent / "fixtures" / "saved_workflows"
+# Inputs added since then, all optional with these defaults (so a saved file means what it meant).
+ADDED_INPUTS = {"GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5},
+                "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5}}
+
+
+def load_saved(name: str, api: bool = False) -> dict:
+    return json.loads((SAVED / (f"{name}.api.json" if api else f"{name}.json")).read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["restore_photo", "quick_restore"])
-def test_photo_workflows_pass_an_image_without_faces_through(workflow_pack, fixtures_dir, name):
-    wall = np.random.default_rng(0).random((300, 400, 3), dtype=np.float32)
-    stand_ins = run(workflow_pack, name, fixtures_dir, photo=wall)
-    (image,) = stand_ins.saved.values()
-    assert torch.equal(image[0], torch.from_numpy(wall))
+def test_a_workflow_saved_with_the_first_release_still_runs(comfy_server: ComfyServer, photo: np.ndarray,
+                                                            name: str):
+    entry = comfy_server.run(runnable(load_saved(name, api=True)))
+    saved_node = next(i for i, node in load_saved(name, api=True).items() if node["class_type"] == "SaveImage")
+    (saved,) = comfy_server.output_files(entry, saved_node)
+    assert_only_the_face_changed(read_png(saved), photo)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_ui_workflow_saved_with_the_first_release_loads_with_its_values(page: FrontendPage, name: str):
+    page.load_workflow(load_saved(name))
+    assert page.missing_node_types() == OTHER_PACKS_NODES.get(name, [])
+    exported = page.graph_to_prompt()
+    for node_id, node in load_saved(name, api=True).items():
+        if node["class_type"] not in ADDED_INPUTS and not node["class_type"].startswith("GPEN"):
+            continue
+        # Every saved value lands on the input it was saved for; the added inputs take their defaults.
+        expected = {**node["inputs"], **ADDED_INPUTS.get(node["class_type"], {})}
+        assert exported[node_id]["inputs"] == expected, node_id
