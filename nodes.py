@@ -88,13 +88,27 @@ def _selection() -> list[io.Input]:
             "Keep detections scoring at least this. 0.9 is upstream GPEN's value; lower it to catch small, blurred "
             "or turned faces (and more false ones).")),
         io.Combo.Input("order", options=list(ORDERS), default="largest", tooltip=(
-            "How faces are numbered for face_index: largest first, left to right, top to bottom, or best score "
-            "first.")),
+            "How faces are numbered (their track ids, drawn in the preview): largest first, left to right, top to "
+            "bottom, or best score first, in the first frame each face appears in.")),
         io.String.Input("face_index", default="all", tooltip=(
-            "Which faces to restore: 'all', or positions in the chosen order separated by commas, e.g. '0' for the "
-            "first (largest) face or '0,2'. '-1' is the last. Counted per frame.")),
+            "Which faces to restore: 'all', or ids in the chosen order separated by commas, e.g. '0' for the first "
+            "(largest) face or '0,2'; '-1' is the last. In video frames an id follows the same person through "
+            "the shot.")),
         io.Int.Input("max_faces", default=0, min=0, max=64, tooltip=(
-            "Restore at most this many faces per frame, after ordering and face_index (0 = no limit).")),
+            "Restore at most this many faces (the first ids after face_index; in video, the same people in every "
+            "frame). 0 = no limit.")),
+    ]
+
+
+def _tracking() -> list[io.Input]:
+    return [
+        io.Float.Input("temporal_smoothing", default=1.0, min=0.0, max=4.0, step=0.1, optional=True, tooltip=(
+            "For video frames: how strongly each face's landmarks are smoothed over time (a two-sided filter over "
+            "the whole batch, so still faces stop jittering and moving faces do not lag; scene cuts are never "
+            "smoothed across). 0 = off. Single images are unaffected.")),
+        io.Int.Input("max_gap", default=5, min=0, max=60, optional=True, tooltip=(
+            "For video frames: a face the detector misses for up to this many frames is still restored there, "
+            "at a position interpolated from the frames around the gap (0 = never fill).")),
     ]
 
 
@@ -134,6 +148,11 @@ def _detector_input() -> io.Input:
     return FaceDetectorSocket.Input("face_detector", tooltip=f"From '{TITLES['GPENFaceDetectorLoader']}'.")
 
 
+def _title(node: type) -> str:
+    """The display name of a node class, or of the clone ComfyUI makes of it to run `execute`."""
+    return next(TITLES[c.__name__] for c in node.__mro__ if c.__name__ in TITLES)
+
+
 def _named_errors(execute: Callable) -> Callable:
     """Wrap a node's `execute` so that bad or mismatched inputs (a `ValueError`) come back naming the node."""
 
@@ -142,7 +161,7 @@ def _named_errors(execute: Callable) -> Callable:
         try:
             return execute(cls, *args, **kwargs)
         except ValueError as exc:
-            raise type(exc)(f"{TITLES[cls.__name__]}: {exc}") from exc
+            raise type(exc)(f"{_title(cls)}: {exc}") from exc
 
     return named
 
@@ -244,6 +263,7 @@ class GPENDetectFaces(io.ComfyNode):
                 _detector_input(), _face_size(), _template(), *_selection(),
                 GpenModelSocket.Input("gpen_model", optional=True,
                                       tooltip="Connect to cut crops at this model's size."),
+                *_tracking(),
             ],
             outputs=[
                 io.Image.Output("face_crops", tooltip=(
@@ -256,11 +276,13 @@ class GPENDetectFaces(io.ComfyNode):
     @classmethod
     @_named_errors
     def execute(cls, image, face_detector, face_size, template, score_threshold, order, face_index, max_faces,
-                gpen_model: GpenModel | None = None) -> io.NodeOutput:
+                gpen_model: GpenModel | None = None, temporal_smoothing: float = 1.0,
+                max_gap: int = 5) -> io.NodeOutput:
         check_image(image)
         crop_size = gpen_model.size if gpen_model is not None else face_size
         settings = DetectSettings(crop_size=crop_size, template=template, score_threshold=score_threshold,
-                                  order=order, index=face_index, max_faces=max_faces)
+                                  order=order, index=face_index, max_faces=max_faces,
+                                  smoothing=temporal_smoothing, max_gap=max_gap)
         with _on_device(face_detector):
             faces = detect_faces(image, face_detector, settings,
                                  check_interrupted=mm.throw_exception_if_processing_interrupted)
@@ -313,7 +335,7 @@ class GPENRestoreFaces(io.ComfyNode):
             progress = comfy.utils.ProgressBar(count)
             out[todo] = restore(face_crops[todo], lambda: progress.update(1))
         skipped = face_crops.shape[0] - count
-        logger.info("%s: restored %d crop(s) with %s%s", TITLES[cls.__name__], count, gpen_model.runner.name,
+        logger.info("%s: restored %d crop(s) with %s%s", _title(cls), count, gpen_model.runner.name,
                     f"; {skipped} black placeholder crop(s) passed through unrestored" if skipped else "")
         return io.NodeOutput(out.to(mm.intermediate_device()))
 
@@ -347,7 +369,7 @@ class GPENPasteFaces(io.ComfyNode):
         settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather, strength=opacity,
                                  color_correction=color_correction)
         if not len(faces):
-            logger.info("%s: no faces to paste (%s); the image passes through unchanged", TITLES[cls.__name__],
+            logger.info("%s: no faces to paste (%s); the image passes through unchanged", _title(cls),
                         faces.summary())
             face_crops = face_crops[:0]
         with _parser(mask_shape if len(faces) else None) as parser:
@@ -369,6 +391,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The image or batch of frames whose faces to restore."),
                 _model_input(), _detector_input(), _strength(), *_selection(), _template(), *_paste_settings(),
+                *_tracking(),
             ],
             outputs=_image_and_mask_outputs(),
         )
@@ -376,10 +399,12 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
     @classmethod
     @_named_errors
     def execute(cls, image, gpen_model: GpenModel, face_detector, strength, score_threshold, order, face_index,
-                max_faces, template, mask_shape, erosion, feather, color_correction) -> io.NodeOutput:
+                max_faces, template, mask_shape, erosion, feather, color_correction, temporal_smoothing: float = 1.0,
+                max_gap: int = 5) -> io.NodeOutput:
         check_image(image)
         detect_settings = DetectSettings(crop_size=gpen_model.size, template=template, score_threshold=score_threshold,
-                                         order=order, index=face_index, max_faces=max_faces)
+                                         order=order, index=face_index, max_faces=max_faces,
+                                         smoothing=temporal_smoothing, max_gap=max_gap)
         paste_settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather,
                                        color_correction=color_correction)
         # Sized for a few faces per frame; the runner halves its batch if memory runs out.
@@ -444,9 +469,9 @@ def _bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> Restor
 
 def _log_faces(node: type, faces: FaceSet, consequence: str) -> None:
     if len(faces):
-        logger.info("%s: %s", TITLES[node.__name__], faces.summary())
+        logger.info("%s: %s", _title(node), faces.summary())
     else:
-        logger.warning("%s: %s, none to restore; %s", TITLES[node.__name__], faces.summary(), consequence)
+        logger.warning("%s: %s, none to restore; %s", _title(node), faces.summary(), consequence)
 
 
 @contextmanager

@@ -22,10 +22,11 @@ import torch
 
 from .alignment import TEMPLATES, align_face, warp_face
 from .conversion import frame_to_numpy, frames_to_image
-from .detection import FaceDetector, parse_index_spec, select_faces
+from .detection import FaceDetector, parse_index_spec
 from .images import picture_fingerprint, same_picture
 from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy, paste_faces
 from .records import FaceRecord
+from .tracking import DEFAULT_MAX_GAP, assign_tracks, faces_by_frame, select_tracks, smooth_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ class FaceInputError(ValueError):
 class DetectSettings:
     """How faces are found and cut out; checked on construction (the one owner of these rules).
 
-    `score_threshold` in (0, 1]; `order`/`index`/`max_faces` as in `face_utils.select_faces`; `crop_size` is the
-    aligned crop side in pixels (the GPEN model's size); `template` one of `face_utils.TEMPLATES`;
-    `min_face_size` in frame pixels (0 keeps every face).
+    `score_threshold` in (0, 1]; `crop_size` is the aligned crop side in pixels (the GPEN model's size); `template`
+    one of `face_utils.TEMPLATES`. Faces are tracked through each shot of a batch (see `face_utils.tracking`):
+    `order` numbers the tracks, `index` picks them by track id and `max_faces` keeps the first of them, once per
+    shot, so a person is restored in every frame or in none; `min_face_size` (frame pixels, 0 keeps every face)
+    applies to a track's median size. `smoothing` scales the temporal smoothing of landmarks (0 = off) and
+    `max_gap` is the number of missed frames a track survives, filled by interpolation.
     """
 
     crop_size: int = 512
@@ -58,6 +62,8 @@ class DetectSettings:
     index: str = "all"
     max_faces: int = 0
     min_face_size: float = 0.0
+    smoothing: float = 1.0
+    max_gap: int = DEFAULT_MAX_GAP
 
     def __post_init__(self) -> None:
         parse_index_spec(self.index)
@@ -69,6 +75,10 @@ class DetectSettings:
             raise ValueError(f"crop_size must be at least 8 pixels, got {self.crop_size}")
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        if not 0.0 <= self.smoothing <= 4.0:
+            raise ValueError(f"smoothing must be between 0 (off) and 4, got {self.smoothing}")
+        if self.max_gap < 0:
+            raise ValueError(f"max_gap must be 0 (no gap filling) or more frames, got {self.max_gap}")
 
 
 @dataclass(frozen=True)
@@ -120,16 +130,35 @@ def detect_faces(
     settings: DetectSettings,
     *,
     check_interrupted: CheckInterrupted | None = None,
+    on_frame: Callable[[], None] | None = None,
 ) -> FaceSet:
-    """Detect, select and align the faces of every frame of `image` (`[B, H, W, C]` IMAGE). Frames without faces
-    contribute none (not an error)."""
-    faces: list[FaceRecord] = []
-    found = 0
+    """Find, track, select, smooth and align the faces of every frame of `image` (`[B, H, W, C]` IMAGE).
+
+    Shots are runs of frames showing the same picture (by `picture_fingerprint`: a video between cuts; every
+    image of a batch of unrelated photos is a shot of its own). Tracks never cross a shot boundary and their ids
+    restart at 0 in every shot, so for single images `face_index` means what it always did: positions in
+    `order`. Frames without faces contribute none (not an error). `on_frame()` is called after each frame."""
+    found: list[list[FaceRecord]] = []
+    fingerprints: list[str] = []
     for frame_index, frame in _frames(image, check_interrupted):
-        chosen, in_frame = _detect_frame(frame, frame_index, detector, settings)
-        faces.extend(chosen)
-        found += in_frame
-    return FaceSet(tuple(faces), image.shape[0], settings.crop_size, detector.name, found)
+        found.append(detector.detect(frame, frame_index=frame_index, score_threshold=settings.score_threshold))
+        fingerprints.append(picture_fingerprint(frame))
+        if on_frame is not None:
+            on_frame()
+    chosen: list[FaceRecord] = []
+    for start, stop in _shots(fingerprints):
+        in_shot = [faces if start <= t < stop else [] for t, faces in enumerate(found)]
+        tracks = assign_tracks(in_shot, order=settings.order, max_gap=settings.max_gap)
+        tracks = select_tracks(tracks, index=settings.index, max_faces=settings.max_faces,
+                               min_face_size=settings.min_face_size)
+        tracks = smooth_tracks(tracks, strength=settings.smoothing)
+        for frame_index, frame_faces in enumerate(faces_by_frame(tracks, len(found))[start:stop], start):
+            chosen += [
+                dataclasses.replace(align_face(face, crop_size=settings.crop_size, template=settings.template),
+                                    track_id=track_id, frame_fingerprint=fingerprints[frame_index])
+                for track_id, face in frame_faces
+            ]
+    return FaceSet(tuple(chosen), image.shape[0], settings.crop_size, detector.name, sum(map(len, found)))
 
 
 def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None) -> torch.Tensor:
@@ -196,37 +225,35 @@ def restore_frames(
     on_progress: OnProgress | None = None,
     check_interrupted: CheckInterrupted | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, FaceSet]:
-    """Detect, restore and paste back frame by frame (only one frame's crops are alive at a time).
+    """Find the faces of all frames (`detect_faces`: records only, a few hundred bytes per face), then restore
+    and paste frame by frame: only one frame's crops are alive at a time.
 
-    Progress counts faces; a frame without faces counts as one, and frames not seen yet as one face each.
-    Returns the IMAGE `[B, H, W, C]`, the MASK `[B, H, W]` and the `FaceSet` of the faces restored.
+    Progress counts one step per frame for finding the faces, then one per face restored (one per faceless
+    frame). Returns the IMAGE `[B, H, W, C]`, the MASK `[B, H, W]` and the `FaceSet` of the faces restored.
     """
     frames_total = image.shape[0]
-    out_image, out_mask = _empty_results(image)
-    restored: list[FaceRecord] = []
-    done = found = 0
-    total_estimate = frames_total
+    done, total = 0, 2 * frames_total
 
-    def face_done() -> None:
+    def step() -> None:
         nonlocal done
         done += 1
         if on_progress is not None:
-            on_progress(done, max(done, total_estimate))
+            on_progress(done, max(done, total))
 
+    faces = detect_faces(image, detector, detect_settings, check_interrupted=check_interrupted, on_frame=step)
+    positions = faces.positions_by_frame()
+    total = frames_total + sum(len(positions.get(i, [None])) for i in range(frames_total))
+    out_image, out_mask = _empty_results(image)
     for frame_index, frame in _frames(image, check_interrupted):
-        faces, in_frame = _detect_frame(frame, frame_index, detector, detect_settings)
-        found += in_frame
-        total_estimate = done + max(len(faces), 1) + frames_total - frame_index - 1
-        if faces:
-            crops = restore(_crop_frame(frame, faces), face_done)
-            frame, mask = _paste_frame(frame, crops, faces, paste_settings, parser)
+        if frame_index in positions:
+            frame_faces = [faces.faces[p] for p in positions[frame_index]]
+            crops = restore(_crop_frame(frame, frame_faces), step)
+            frame, mask = _paste_frame(frame, crops, frame_faces, paste_settings, parser)
             out_mask[frame_index] = torch.from_numpy(mask)
-            restored.extend(faces)
         else:
-            face_done()
+            step()
         out_image[frame_index] = torch.from_numpy(frame)
-    face_set = FaceSet(tuple(restored), frames_total, detect_settings.crop_size, detector.name, found)
-    return out_image, out_mask, face_set
+    return out_image, out_mask, faces
 
 
 def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> None:
@@ -257,8 +284,8 @@ def check_same_picture(frame: np.ndarray, faces: Sequence[FaceRecord], frame_ind
 
 
 def draw_faces(frame: np.ndarray, faces: Sequence[FaceRecord]) -> np.ndarray:
-    """A copy of `frame` (`[H, W, C]` float32 [0, 1]) as RGB with each face's box, landmarks, position in the
-    selection and score drawn; labels stay inside the picture and do not overlap one another where there is room
+    """A copy of `frame` (`[H, W, C]` float32 [0, 1]) as RGB with each face's box, landmarks, track id (else its
+    position in `faces`) and score drawn; labels stay inside the picture and do not overlap one another where there is room
     (drawn in 8 bits, which OpenCV's text rendering requires; it is only a preview)."""
     rgb = frame[..., :3] if frame.shape[-1] >= 3 else np.repeat(frame, 3, axis=-1)
     canvas = np.ascontiguousarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))
@@ -272,7 +299,7 @@ def draw_faces(frame: np.ndarray, faces: Sequence[FaceRecord]) -> np.ndarray:
         cv2.rectangle(canvas, (x0, y0), (x1, y1), box_rgb, thickness, cv2.LINE_AA)
         for x, y in face.landmarks_xy:
             cv2.circle(canvas, (round(x), round(y)), 2 * thickness, point_rgb, -1, cv2.LINE_AA)
-        text = f"{order}: {face.score:.2f}"
+        text = f"{order if face.track_id is None else face.track_id}: {face.score:.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         rect = _label_place((x0, y0, x1, y1), (text_w, text_h + baseline), (width, height), placed)
         placed.append(rect)
@@ -317,22 +344,10 @@ def _frames(
         yield frame_index, frame_to_numpy(image, frame_index)
 
 
-def _detect_frame(
-    frame: np.ndarray, frame_index: int, detector: FaceDetector, settings: DetectSettings
-) -> tuple[list[FaceRecord], int]:
-    """The chosen faces of one frame, aligned and fingerprinted, and how many the detector found."""
-    found = detector.detect(
-        frame, frame_index=frame_index, score_threshold=settings.score_threshold,
-        min_face_size=settings.min_face_size,
-    )
-    chosen = select_faces(found, order=settings.order, index=settings.index, max_faces=settings.max_faces)
-    fingerprint = picture_fingerprint(frame) if chosen else None
-    aligned = [
-        dataclasses.replace(align_face(face, crop_size=settings.crop_size, template=settings.template),
-                            frame_fingerprint=fingerprint)
-        for face in chosen
-    ]
-    return aligned, len(found)
+def _shots(fingerprints: Sequence[str]) -> list[tuple[int, int]]:
+    """Half-open frame ranges (start, stop) of consecutive frames showing the same picture."""
+    starts = [0] + [i for i in range(1, len(fingerprints)) if not same_picture(fingerprints[i - 1], fingerprints[i])]
+    return list(zip(starts, starts[1:] + [len(fingerprints)]))
 
 
 def _crop_frame(frame: np.ndarray, faces: Sequence[FaceRecord]) -> torch.Tensor:

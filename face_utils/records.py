@@ -41,6 +41,8 @@ class FaceRecord:
             aligned).
         frame_fingerprint: `face_utils.images.picture_fingerprint` of the frame, so paste-back can refuse a
             picture the face was not found in (None when unknown).
+        track_id: the person this face belongs to across the frames of its shot (see `face_utils.tracking`);
+            None when the face was not tracked.
     """
 
     frame_index: int
@@ -52,6 +54,7 @@ class FaceRecord:
     template: str | None = None
     affine_crop_from_image: Affine2x3 | None = None
     frame_fingerprint: str | None = None
+    track_id: int | None = None
 
     def __post_init__(self) -> None:
         # Normalise to plain Python numbers so records compare, hash and serialise the same however they were
@@ -87,6 +90,8 @@ class FaceRecord:
             if len(rows) != 2 or any(len(row) != 3 for row in rows):
                 raise FaceRecordError("affine_crop_from_image must be a 2x3 matrix")
             set_field(self, "affine_crop_from_image", rows)
+        if self.track_id is not None:
+            set_field(self, "track_id", _as_int(self.track_id, "track_id"))
 
     @property
     def is_aligned(self) -> bool:
@@ -126,6 +131,7 @@ class FaceRecord:
                 None if self.affine_crop_from_image is None else [list(r) for r in self.affine_crop_from_image]
             ),
             "frame_fingerprint": self.frame_fingerprint,
+            "track_id": self.track_id,
         }
 
     @classmethod

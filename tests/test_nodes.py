@@ -74,12 +74,12 @@ def models(nodes, comfy, tmp_path, fixtures_dir, monkeypatch) -> Path:
 
 @pytest.fixture
 def model(nodes, models):
-    return nodes.GPENModelLoader.execute("GPEN-BFR-64.pth", "auto", False).result[0]
+    return run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "auto", False).result[0]
 
 
 @pytest.fixture
 def detector(nodes, models):
-    return nodes.GPENFaceDetectorLoader.execute(DETECTOR).result[0]
+    return run(nodes.GPENFaceDetectorLoader, DETECTOR).result[0]
 
 
 @pytest.fixture
@@ -91,6 +91,11 @@ def progress_events(comfy):
     comfy.utils.set_progress_bar_global_hook(None)
 
 
+def run(node: type, *args, **kwargs):
+    """`node.execute` the way ComfyUI's executor calls it: on the locked clone of the class it prepares."""
+    return node.PREPARE_CLASS_CLONE(None).execute(*args, **kwargs)
+
+
 def node_list(nodes) -> list[type]:
     return asyncio.run(nodes.GPENExtension().get_node_list())
 
@@ -98,20 +103,20 @@ def node_list(nodes) -> list[type]:
 def detect(nodes, image, detector, model=None, **overrides):
     settings = {"face_size": 512, "template": "gpen", "score_threshold": 0.9, "order": "largest",
                 "face_index": "all", "max_faces": 0, **overrides}
-    return nodes.GPENDetectFaces.execute(image, detector, gpen_model=model, **settings).result
+    return run(nodes.GPENDetectFaces, image, detector, gpen_model=model, **settings).result
 
 
 def paste(nodes, image, crops, faces, **overrides):
     settings = {"mask_shape": "ellipse", "erosion": 0.04, "feather": 0.1, "color_correction": True, "opacity": 1.0,
                 **overrides}
-    return nodes.GPENPasteFaces.execute(image, crops, faces, **settings).result
+    return run(nodes.GPENPasteFaces, image, crops, faces, **settings).result
 
 
 def one_node(nodes, image, model, detector, **overrides):
     settings = {"strength": 0.8, "score_threshold": 0.9, "order": "largest", "face_index": "all", "max_faces": 0,
                 "template": "gpen", "mask_shape": "ellipse", "erosion": 0.04, "feather": 0.1,
                 "color_correction": True, **overrides}
-    return nodes.GPENRestoreFacesOneNode.execute(image, model, detector, **settings).result
+    return run(nodes.GPENRestoreFacesOneNode, image, model, detector, **settings).result
 
 
 # --- schemas and registration ----------------------------------------------------------------------------------
@@ -193,7 +198,7 @@ def test_empty_model_folder_says_where_to_put_and_get_models(nodes, models):
     options = nodes.GPENModelLoader.GET_NODE_INFO_V1()["input"]["required"]["model_name"][1]
     assert options["default"] == nodes.NO_MODELS
     with pytest.raises(FileNotFoundError, match=r"Load GPEN model: no model files.*facerestore_models.*GPEN-BFR-512"):
-        nodes.GPENModelLoader.execute(nodes.NO_MODELS, "auto", False)
+        run(nodes.GPENModelLoader, nodes.NO_MODELS, "auto", False)
 
 
 def test_a_replaced_model_file_is_loaded_again(nodes, models):
@@ -203,7 +208,7 @@ def test_a_replaced_model_file_is_loaded_again(nodes, models):
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert nodes.GPENModelLoader.fingerprint_inputs("GPEN-BFR-64.pth", "auto", False) != before
-    assert nodes.GPENModelLoader.execute("GPEN-BFR-64.pth", "auto", False).result[0].size == 128
+    assert run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "auto", False).result[0].size == 128
 
 
 def test_model_is_placed_by_model_management_and_freed_by_unloading(nodes, comfy, model, grace, detector):
@@ -211,7 +216,7 @@ def test_model_is_placed_by_model_management_and_freed_by_unloading(nodes, comfy
     assert isinstance(model.patcher, comfy.model_patcher.ModelPatcher)
     assert model.runner.dtype == torch.float32  # auto on a CPU
     crops, _faces, _ = detect(nodes, image_batch(grace), detector, model)
-    nodes.GPENRestoreFaces.execute(model, crops, 0.8)
+    run(nodes.GPENRestoreFaces, model, crops, 0.8)
     assert any(loaded.model is model.patcher for loaded in mm.current_loaded_models)
     mm.unload_all_models()
     assert not any(loaded.model is model.patcher for loaded in mm.current_loaded_models)
@@ -219,23 +224,23 @@ def test_model_is_placed_by_model_management_and_freed_by_unloading(nodes, comfy
 
 
 def test_explicit_precision_sets_the_weights_dtype(nodes, models):
-    model = nodes.GPENModelLoader.execute("GPEN-BFR-64.pth", "bf16", False).result[0]
+    model = run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "bf16", False).result[0]
     assert model.runner.dtype == torch.bfloat16
     assert next(model.runner.module.parameters()).dtype == torch.bfloat16
 
 
 def test_onnx_model_runs_without_a_patcher_in_fp32(nodes, models, fixtures_dir):
     shutil.copy(fixtures_dir / "gpen" / "case_64.onnx", models / "facerestore_models" / "case.onnx")
-    model = nodes.GPENModelLoader.execute("case.onnx", "fp16", False).result[0]
+    model = run(nodes.GPENModelLoader, "case.onnx", "fp16", False).result[0]
     assert model.patcher is None and model.runner.is_onnx and model.runner.dtype == torch.float32
-    out = nodes.GPENRestoreFaces.execute(model, torch.rand(2, 64, 64, 3), 1.0).result[0]
+    out = run(nodes.GPENRestoreFaces, model, torch.rand(2, 64, 64, 3), 1.0).result[0]
     assert out.shape == (2, 64, 64, 3) and torch.isfinite(out).all()
 
 
 def test_a_file_that_is_not_gpen_is_refused_clearly(nodes, models):
     (models / "facerestore_models" / "notes.pth").write_bytes(b"hello")
     with pytest.raises(ValueError, match="notes.pth"):
-        nodes.GPENModelLoader.execute("notes.pth", "auto", False)
+        run(nodes.GPENModelLoader, "notes.pth", "auto", False)
 
 
 def test_compile_switch_compiles_the_network_in_place(nodes, models, monkeypatch):
@@ -243,7 +248,7 @@ def test_compile_switch_compiles_the_network_in_place(nodes, models, monkeypatch
 
     compiled = []
     monkeypatch.setattr(GPEN, "compile", lambda self, *a, **k: compiled.append(self))
-    model = nodes.GPENModelLoader.execute("GPEN-BFR-64.pth", "auto", True).result[0]
+    model = run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "auto", True).result[0]
     assert compiled == [model.runner.module]
 
 
@@ -254,7 +259,7 @@ def test_detect_restore_paste_changes_only_the_face(nodes, model, detector, grac
     image = image_batch(grace)
     crops, faces, preview = detect(nodes, image, detector, model)
     assert crops.shape == (1, 64, 64, 3) and len(faces) == 1 and preview.shape == image.shape
-    restored = nodes.GPENRestoreFaces.execute(model, crops, 1.0, faces).result[0]
+    restored = run(nodes.GPENRestoreFaces, model, crops, 1.0, faces).result[0]
     assert progress_events and progress_events[-1] == (1, 1)
     out, mask = paste(nodes, image, restored, faces)
     assert mask.shape == image.shape[:3] and mask.max() == 1.0
@@ -266,7 +271,7 @@ def test_detect_restore_paste_changes_only_the_face(nodes, model, detector, grac
 def test_one_node_equals_the_separate_nodes(nodes, model, detector, grace):
     image = image_batch(grace, grace[:, ::-1].copy())
     crops, faces, _ = detect(nodes, image, detector, model)
-    restored = nodes.GPENRestoreFaces.execute(model, crops, 0.8).result[0]
+    restored = run(nodes.GPENRestoreFaces, model, crops, 0.8).result[0]
     separate, separate_mask = paste(nodes, image, restored, faces)
     together, together_mask = one_node(nodes, image, model, detector)
     torch.testing.assert_close(together, separate, atol=1e-6, rtol=0)
@@ -280,8 +285,8 @@ def test_no_face_never_runs_gpen_and_the_log_names_the_detector(nodes, model, de
     with caplog.at_level(logging.INFO):
         crops, faces, _ = detect(nodes, blank, detector, model)
         assert crops.shape == (1, 64, 64, 3) and not crops.any() and len(faces) == 0
-        restored = nodes.GPENRestoreFaces.execute(model, crops, 0.8).result[0]
-        restored_with_faces = nodes.GPENRestoreFaces.execute(model, crops, 0.8, faces).result[0]
+        restored = run(nodes.GPENRestoreFaces, model, crops, 0.8).result[0]
+        restored_with_faces = run(nodes.GPENRestoreFaces, model, crops, 0.8, faces).result[0]
         out, mask = paste(nodes, blank, restored, faces)
     assert calls == [] and restored.shape == restored_with_faces.shape == (1, 64, 64, 3)
     assert torch.equal(out, blank) and not mask.any()
@@ -342,7 +347,7 @@ def test_paste_refuses_crops_and_faces_of_different_counts(nodes, model, detecto
 
 def test_restore_refuses_non_square_crops(nodes, model):
     with pytest.raises(ValueError, match=r"Restore faces \(GPEN\): face crops must be square"):
-        nodes.GPENRestoreFaces.execute(model, torch.rand(1, 64, 48, 3), 0.8)
+        run(nodes.GPENRestoreFaces, model, torch.rand(1, 64, 48, 3), 0.8)
 
 
 def test_restore_stops_when_comfyui_is_interrupted(nodes, comfy, model):
@@ -350,7 +355,7 @@ def test_restore_stops_when_comfyui_is_interrupted(nodes, comfy, model):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            nodes.GPENRestoreFaces.execute(model, torch.rand(3, 64, 64, 3), 0.8)
+            run(nodes.GPENRestoreFaces, model, torch.rand(3, 64, 64, 3), 0.8)
     finally:
         mm.interrupt_current_processing(False)
 
@@ -371,7 +376,7 @@ def test_one_node_reports_progress_per_frame_and_passes_faceless_frames(nodes, m
     image = image_batch(grace, blank)
     out, mask = one_node(nodes, image, model, detector)
     assert torch.equal(out[1], image[1]) and not mask[1].any() and mask[0].max() == 1.0
-    assert progress_events[-1] == (2, 2)
+    assert progress_events[-1] == (4, 4)  # finding faces in 2 frames, restoring 1 face, 1 frame without
 
 
 def test_detector_and_parser_wait_on_the_offload_device(nodes, comfy, models, model, detector, grace, monkeypatch):
@@ -446,7 +451,7 @@ def test_an_offline_detector_names_the_file_its_address_and_the_folder(nodes, mo
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsUnavailableError) as error:
-        nodes.GPENFaceDetectorLoader.execute("retinaface_resnet50")
+        run(nodes.GPENFaceDetectorLoader, "retinaface_resnet50")
     message = str(error.value)
     assert "detection_Resnet50_Final.pth" in message and "https://" in message
     assert str(models / "facedetection") in message
@@ -454,4 +459,4 @@ def test_an_offline_detector_names_the_file_its_address_and_the_folder(nodes, mo
 
 def test_a_wrong_input_type_names_the_node_and_what_to_connect(nodes, model):
     with pytest.raises(ValueError, match=r"Restore faces \(GPEN\): `face_crops` must be an IMAGE.*got .*\[3, 64, 64\]"):
-        nodes.GPENRestoreFaces.execute(model, torch.rand(3, 64, 64), 0.8)
+        run(nodes.GPENRestoreFaces, model, torch.rand(3, 64, 64), 0.8)

@@ -1,0 +1,480 @@
+"""Faces followed through a batch of video frames: stable ids, filled gaps and steady landmarks.
+
+A video batch is known in full before anything is pasted, so faces are linked frame to frame (`assign_tracks`),
+short detector misses are filled by interpolation, and each track's landmarks and box are smoothed with a
+two-sided, zero-lag filter (`smooth_tracks`). `select_tracks` chooses people the way `select_faces` chooses faces,
+once for the whole batch, so a person is restored in every frame or in none. `smooth_series` applies the same
+smoother to any per-frame statistic (the paste step's colour statistics) with the same segment boundaries.
+
+Conventions: frames are positions in the batch (0-based) and equal each record's `frame_index`; coordinates are
+frame pixels as in `FaceRecord`; "face size" is `FaceRecord.box_size` (geometric mean of box width and height).
+Records coming out of tracking are unaligned (moved landmarks invalidate an affine): align them afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .detection import ORDERS, parse_index_spec, select_faces
+from .records import FaceRecord
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_GAP = 5
+"""Missed frames a track survives (1/6 s at 30 fps: a blink of the detector, a hand passing the face)."""
+LANDMARK_GATE = 0.5
+"""Largest mean landmark distance, in face sizes, from a track's predicted or last position to a detection of it
+(head motion at 30 fps stays under ~0.3 face sizes per frame; two faces side by side are >= 1 apart)."""
+SIZE_RATIO_GATE = 1.5
+"""Largest box-size ratio between a track and a detection of it in the next frame (no zoom is that fast)."""
+GAP_GATE_GROWTH = 0.1
+"""Both gates widen by this fraction per missed frame: an unseen face may have moved further."""
+IOU_COST_WEIGHT = 0.5
+"""Weight of (1 - box IoU) next to the landmark distance in the matching cost (breaks ties between close faces)."""
+VELOCITY_SIGHTINGS = 4
+"""Most recent sightings a track's velocity is fitted on (enough to average landmark noise, short enough to turn)."""
+CUT_JUMP_FACE_SIZES = 1.0
+"""A jump of the landmark centroid larger than the face size between consecutive frames is a scene cut."""
+CUT_SIZE_RATIO = 1.5
+"""So is a box-size change beyond this ratio between consecutive frames (a cut from a wide shot to a close-up)."""
+SMOOTHING_SIGMA_FRAMES = 5.0
+"""Gaussian window sigma (frames) of the local quadratic regression at strength 1. Detector landmark noise is
+~1-2 % of the face size per frame, independent between frames; at sigma 5 a still face's position noise falls
+3.1x (1.5 % -> 0.5 %, under a pixel on a 200-px face) and its frame-to-frame jitter ~20x, while a head swaying
+with a 2 s period (60 frames) keeps 99 % of its amplitude. A local *linear* fit reaches that noise at sigma 3 but
+keeps only 95 % (a visible offset between the pasted face and the head); both have zero lag on steady motion."""
+MIN_SIGMA_FRAMES = 0.25
+"""Below this sigma a neighbour's weight is under exp(-8): smoothing is skipped as a no-op."""
+
+_UNMATCHED_COST = 1e4  # leaving a track or a detection unmatched costs more than any admissible pair (< ~2)
+_FORBIDDEN_COST = 1e9  # a gated pair: never chosen
+
+
+class TrackingError(ValueError):
+    """Tracking inputs that do not fit together (frame numbers, empty tracks, bad segments)."""
+
+
+@dataclass(frozen=True)
+class Track:
+    """One person through a batch: `faces` maps frame -> record (detected, or filled in a short gap).
+
+    `detected_frames` are the frames the detector found the face in; the other frames of `faces` were filled by
+    interpolation. Frames run from the first to the last sighting, in increasing order; they are contiguous unless
+    the track was built by hand with holes. Treat `faces` as read-only.
+    """
+
+    track_id: int
+    faces: dict[int, FaceRecord]
+    detected_frames: frozenset[int]
+
+    def __post_init__(self) -> None:
+        faces = dict(sorted(self.faces.items()))
+        detected = frozenset(self.detected_frames)
+        if not detected:
+            raise TrackingError(f"Track {self.track_id} has no detected frame; every track starts from a detection")
+        wrong = [frame for frame, face in faces.items() if face.frame_index != frame]
+        if wrong:
+            raise TrackingError(f"Track {self.track_id}: records at frames {wrong} carry another frame_index")
+        if not detected <= faces.keys():
+            raise TrackingError(
+                f"Track {self.track_id}: detected frames {sorted(detected - faces.keys())} have no record"
+            )
+        object.__setattr__(self, "faces", faces)
+        object.__setattr__(self, "detected_frames", detected)
+
+    @property
+    def frames(self) -> tuple[int, ...]:
+        return tuple(self.faces)
+
+    @property
+    def first_frame(self) -> int:
+        return next(iter(self.faces))
+
+    @property
+    def last_frame(self) -> int:
+        return next(reversed(self.faces))
+
+    @property
+    def filled_frames(self) -> frozenset[int]:
+        return frozenset(self.faces.keys() - self.detected_frames)
+
+    @property
+    def median_box_size(self) -> float:
+        """Median `box_size` (pixels) over the detected frames: the track's size for size filters."""
+        return float(np.median([self.faces[f].box_size for f in self.detected_frames]))
+
+    def series(self) -> np.ndarray:
+        """float64 [T, 14] in `frames` order: landmarks x0, y0, ..., x4, y4 then box x0, y0, x1, y1 (pixels)."""
+        return np.stack([_as_vector(face) for face in self.faces.values()])
+
+    def segments(self) -> list[tuple[int, int]]:
+        """Half-open ranges (start, stop) of positions in `frames` that smoothing may span: broken at holes in
+        the frames and at scene cuts (a centroid jump over `CUT_JUMP_FACE_SIZES` face sizes, or a size change
+        over `CUT_SIZE_RATIO`, between consecutive frames)."""
+        frames, faces = self.frames, list(self.faces.values())
+        starts = [0] + [i for i in range(1, len(faces)) if frames[i] != frames[i - 1] + 1
+                        or _is_cut(faces[i - 1], faces[i])]
+        return list(zip(starts, starts[1:] + [len(faces)]))
+
+
+def assign_tracks(
+    frames: Sequence[Sequence[FaceRecord]], *, order: str = "largest", max_gap: int = DEFAULT_MAX_GAP
+) -> list[Track]:
+    """Link the faces of a batch into tracks, fill their short gaps, and number them.
+
+    Args:
+        frames: per frame, every unaligned record the detector found there (before any selection); the records
+            of `frames[t]` must have `frame_index == t`.
+        order: one of `ORDERS` (as in `select_faces`): tracks first seen in frame 0 get ids 0..k-1 in this
+            order, tracks first seen later the next ids, by first frame and then by this order within it.
+        max_gap: missed frames after which a track is not found again (0 = consecutive frames only).
+
+    Matching: each frame's detections are assigned to the live tracks by a minimum-cost assignment (most pairs
+    first, then least cost). A pair's cost is the mean landmark distance in face sizes, from the track's
+    constant-velocity prediction or its last sighting (whichever is closer), plus `IOU_COST_WEIGHT` * (1 - IoU);
+    pairs beyond `LANDMARK_GATE` or `SIZE_RATIO_GATE` (widened by `GAP_GATE_GROWTH` per missed frame) never
+    match. An unmatched detection starts a track. Gaps of up to `max_gap` frames between sightings are filled by
+    cubic Hermite interpolation (tangents from the neighbouring sightings); nothing is added before a track's
+    first or after its last sighting.
+
+    Returns:
+        Tracks sorted by `track_id` (0, 1, ...).
+    """
+    if order not in ORDERS:
+        raise ValueError(f"Unknown face order {order!r}; expected one of {ORDERS}")
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be 0 (no gaps) or more frames, got {max_gap}")
+    sightings: list[dict[int, FaceRecord]] = []  # per internal track: frame -> detected record
+    first_seen: dict[int, list[int]] = {}  # frame -> internal tracks that start there
+    for t, faces in enumerate(frames):
+        faces = list(faces)
+        wrong = sorted({face.frame_index for face in faces} - {t})
+        if wrong:
+            raise TrackingError(
+                f"frames[{t}] holds records with frame_index {wrong}; pass one list per frame of the batch, in order"
+            )
+        live = [k for k, seen in enumerate(sightings) if t - next(reversed(seen)) - 1 <= max_gap]
+        pairs = _match([sightings[k] for k in live], faces, t) if live and faces else []
+        matched = set()
+        for row, col in pairs:
+            sightings[live[row]][t] = faces[col]
+            matched.add(col)
+        for col, face in enumerate(faces):
+            if col not in matched:
+                first_seen.setdefault(t, []).append(len(sightings))
+                sightings.append({t: face})
+
+    numbered: list[int] = []
+    for t in sorted(first_seen):
+        starters = {id(sightings[k][t]): k for k in first_seen[t]}
+        numbered += [starters[id(face)] for face in select_faces([sightings[k][t] for k in first_seen[t]],
+                                                                 order=order)]
+    tracks = [_filled_track(track_id, sightings[k]) for track_id, k in enumerate(numbered)]
+    logger.debug(
+        "Tracked %d face(s) over %d frame(s); %d gap frame(s) filled",
+        len(tracks), len(frames), sum(len(track.filled_frames) for track in tracks),
+    )
+    return tracks
+
+
+def select_tracks(
+    tracks: Sequence[Track], *, index: str = "all", max_faces: int = 0, min_face_size: float = 0.0
+) -> list[Track]:
+    """Choose tracks as `select_faces` chooses faces, once for the whole batch.
+
+    `index` is "all" or positions parsed by `parse_index_spec`, here track ids ("-1" = the highest id); tracks
+    come out in the order written, else by id. Tracks whose `median_box_size` is under `min_face_size` pixels are
+    dropped first (per track, so a face near the limit is not restored in some frames only). `max_faces` keeps
+    the first N of what remains (0 = all). Ids asked for but absent or too small are logged and skipped.
+    """
+    if max_faces < 0:
+        raise ValueError(f"max_faces must be 0 (no limit) or positive, got {max_faces}")
+    if min_face_size < 0:
+        raise ValueError(f"min_face_size must be 0 or more pixels, got {min_face_size}")
+    positions = parse_index_spec(index)
+    by_id = {track.track_id: track for track in sorted(tracks, key=lambda tr: tr.track_id)}
+    large = {tid: track for tid, track in by_id.items() if track.median_box_size >= min_face_size}
+    if len(large) < len(by_id):
+        logger.info("%d track(s) smaller than %g px dropped", len(by_id) - len(large), min_face_size)
+    if positions is None:
+        chosen = list(large.values())
+    else:
+        count = max(by_id, default=-1) + 1
+        wanted = list(dict.fromkeys(p % count for p in positions if -count <= p < count))
+        chosen = [large[tid] for tid in wanted if tid in large]
+        missing = [p for p in positions if not -count <= p < count or p % count not in large]
+        if missing:
+            logger.warning("Face track(s) %s not found or too small among %d track(s); ignoring them", missing, count)
+    return chosen[:max_faces] if max_faces else chosen
+
+
+def faces_by_frame(tracks: Sequence[Track], frame_count: int) -> list[list[tuple[int, FaceRecord]]]:
+    """Per frame 0..frame_count-1, (track_id, record) of each track present there, in the order of `tracks`."""
+    out: list[list[tuple[int, FaceRecord]]] = [[] for _ in range(frame_count)]
+    for track in tracks:
+        for frame, face in track.faces.items():
+            if frame >= frame_count:
+                raise TrackingError(f"Track {track.track_id} reaches frame {frame}, beyond the {frame_count} frame(s)")
+            out[frame].append((track.track_id, face))
+    return out
+
+
+def smooth_tracks(tracks: Sequence[Track], *, strength: float = 1.0) -> list[Track]:
+    """Each track with its landmarks and box smoothed over time (scores, frames and ids unchanged).
+
+    Local quadratic regression in a Gaussian window of `SMOOTHING_SIGMA_FRAMES * strength` frames over each of
+    `Track.segments()` (never across a scene cut or a hole). Zero lag on steady and accelerating motion;
+    strength 0 returns the tracks as given, and a segment of one frame is left as it is. Smoothed records lose
+    their alignment fields (align afterwards) and keep their frame fingerprint.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be 0 (off) or more, got {strength}")
+    if strength * SMOOTHING_SIGMA_FRAMES < MIN_SIGMA_FRAMES:
+        return list(tracks)
+    out = []
+    for track in tracks:
+        smoothed = smooth_series(track.series(), track.segments(), strength=strength)
+        faces = {frame: _with_vector(face, row) for (frame, face), row in zip(track.faces.items(), smoothed)}
+        out.append(Track(track.track_id, faces, track.detected_frames))
+    return out
+
+
+def smooth_series(
+    values: np.ndarray,
+    segments: Sequence[tuple[int, int]] | None = None,
+    *,
+    strength: float = 1.0,
+    sigma_frames: float = SMOOTHING_SIGMA_FRAMES,
+) -> np.ndarray:
+    """Zero-lag smoothing of a per-frame series along its first axis, segment by segment.
+
+    Args:
+        values: [T, ...] floats, one row per consecutive frame (for example a track's colour statistics in
+            `Track.frames` order).
+        segments: half-open (start, stop) row ranges smoothed independently (`Track.segments()`); rows outside
+            every segment are returned unchanged. None = one segment of all T rows.
+        strength: multiplies `sigma_frames`; 0 returns a copy of `values`.
+        sigma_frames: Gaussian window sigma in frames at strength 1.
+
+    Returns:
+        Array of the shape and float dtype of `values` (float64 for integer input).
+    """
+    values = np.asarray(values)
+    if values.ndim < 1:
+        raise TrackingError(f"values must be [T, ...] with one row per frame, got shape {values.shape}")
+    if strength < 0 or sigma_frames < 0:
+        raise ValueError(f"strength and sigma_frames must be 0 or more, got {strength} and {sigma_frames}")
+    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
+    out = values.astype(np.float64)
+    flat = out.reshape(len(values), -1)
+    sigma = strength * sigma_frames
+    segments = [(0, len(values))] if segments is None else list(segments)
+    covered = np.zeros(len(values), dtype=bool)
+    for start, stop in segments:
+        if not 0 <= start < stop <= len(values) or covered[start:stop].any():
+            raise TrackingError(f"segment {(start, stop)} is empty, overlaps another or leaves the {len(values)} rows")
+        covered[start:stop] = True
+        if sigma >= MIN_SIGMA_FRAMES and stop - start > 1:
+            flat[start:stop] = _local_quadratic(flat[start:stop], sigma)
+    return out.astype(dtype, copy=False)
+
+
+def _local_quadratic(y: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted local polynomial fit (degree 2, or 1 for two rows) of y [n, D] evaluated at each row."""
+    n = len(y)
+    degree = min(2, n - 1)
+    # +-3 sigma holds 99.7 % of the weight; at least `degree` neighbours on each side keep the fit determined.
+    radius = min(n - 1, max(degree, math.ceil(3 * sigma)))
+    # Weighted moments S_p = sum w k^p and sums T_p = sum w k^p y over the window offsets k, for every row.
+    moments = np.zeros((n, 2 * degree + 1))
+    sums = np.zeros((n, degree + 1, y.shape[1]))
+    rows = np.arange(n)
+    for k in range(-radius, radius + 1):
+        inside = (rows + k >= 0) & (rows + k < n)
+        w = math.exp(-0.5 * (k / sigma) ** 2)
+        powers = w * float(k) ** np.arange(2 * degree + 1)
+        moments[inside] += powers
+        sums[inside] += powers[: degree + 1, None] * y[rows[inside] + k][:, None, :]
+    normal = moments[:, np.arange(degree + 1)[:, None] + np.arange(degree + 1)[None, :]]  # [n, d+1, d+1] Hankel
+    return np.linalg.solve(normal, sums)[:, 0, :]
+
+
+def _filled_track(track_id: int, seen: dict[int, FaceRecord]) -> Track:
+    """A track from its detections, with each gap between sightings filled by cubic Hermite interpolation."""
+    frames = sorted(seen)
+    vectors = np.stack([_as_vector(seen[f]) for f in frames])
+    faces = dict(seen)
+    for i in range(len(frames) - 1):
+        t1, t2 = frames[i], frames[i + 1]
+        if t2 - t1 < 2:
+            continue
+        m1, m2 = _tangent(frames, vectors, i), _tangent(frames, vectors, i + 1)
+        dt = t2 - t1
+        for t in range(t1 + 1, t2):
+            s = (t - t1) / dt
+            h00, h10, h01, h11 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s, -2 * s**3 + 3 * s**2, s**3 - s**2
+            vector = h00 * vectors[i] + h10 * dt * m1 + h01 * vectors[i + 1] + h11 * dt * m2
+            score = (1 - s) * seen[t1].score + s * seen[t2].score
+            faces[t] = dataclasses.replace(_with_vector(seen[t1], vector), frame_index=t, score=score,
+                                           frame_fingerprint=None)
+    return Track(track_id, faces, frozenset(frames))
+
+
+def _tangent(frames: Sequence[int], vectors: np.ndarray, i: int) -> np.ndarray:
+    """Velocity (per frame) at sighting i: the slope there of a least-squares parabola (a line if only two
+    sightings) through the sightings within its larger spacing to a neighbour, on both sides. Exact on quadratic
+    motion, and it averages the noise of several frames, unlike the three-point derivative (filled frames come
+    out within the detector's own noise instead of 1.6x it; see benchmarks/bench_steadiness.py)."""
+    times = np.asarray(frames, dtype=np.float64) - frames[i]
+    reach = max(abs(times[max(i - 1, 0)]), abs(times[min(i + 1, len(frames) - 1)]))
+    near = np.abs(times) <= reach
+    return np.polyfit(times[near], vectors[near], min(2, int(near.sum()) - 1))[-2]
+
+
+def _match(histories: Sequence[dict[int, FaceRecord]], faces: Sequence[FaceRecord], t: int) -> list[tuple[int, int]]:
+    """(history position, face position) pairs of a minimum-cost assignment of `faces` (frame t) to tracks."""
+    dets = np.stack([_as_vector(face) for face in faces])  # [m, 14]
+    hypotheses, gaps = [], []
+    for seen in histories:
+        recent = list(seen.items())[-VELOCITY_SIGHTINGS:]
+        times = np.array([frame for frame, _ in recent], dtype=np.float64)
+        points = np.stack([_as_vector(face) for _, face in recent])
+        predicted = points[-1]
+        if len(recent) >= 2:
+            slope, intercept = np.polyfit(times - times[-1], points, 1)
+            predicted = intercept + slope * (t - times[-1])
+        hypotheses.append(np.stack([predicted, points[-1]]))
+        gaps.append(t - times[-1] - 1)
+    hyp = np.stack(hypotheses)[:, :, None, :]  # [n, 2, 1, 14]
+    det = dets[None, None]  # [1, 1, m, 14]
+    size_h, size_d = _box_sizes(hyp[..., 10:]), _box_sizes(det[..., 10:])
+    scale = np.sqrt(size_h * size_d)
+    offsets = (hyp[..., :10] - det[..., :10]).reshape(*np.broadcast_shapes(hyp.shape, det.shape)[:3], 5, 2)
+    distance = np.linalg.norm(offsets, axis=-1).mean(axis=-1) / scale  # [n, 2, m]
+    grow = 1 + GAP_GATE_GROWTH * np.array(gaps)[:, None, None]
+    size_change = np.abs(np.log(size_h / size_d))
+    admissible = (distance <= LANDMARK_GATE * grow) & (size_change <= math.log(SIZE_RATIO_GATE) * grow)
+    cost = np.where(admissible, distance + IOU_COST_WEIGHT * (1 - _iou(hyp[..., 10:], det[..., 10:])), np.inf)
+    cost = cost.min(axis=1)  # [n, m]: the better of prediction and last sighting
+    return [(i, j) for i, j in _assign(cost) if np.isfinite(cost[i, j])]
+
+
+def _assign(cost: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs (row, col) of a minimum-cost partial assignment of cost [n, m] (inf = forbidden): as many pairs as
+    possible, then the least total. Solved exactly per connected group of admissible pairs (a crowd splits into
+    small groups), each augmented to a square matrix in which a row or column may stay unmatched at
+    `_UNMATCHED_COST`, by the Hungarian method."""
+    admissible = np.isfinite(cost)
+    pairs = []
+    for rows, cols in _groups(admissible):
+        if len(rows) == len(cols) == 1:  # the common case: one track, one detection near it
+            pairs.append((rows[0], cols[0]))
+            continue
+        sub = cost[np.ix_(rows, cols)]
+        n, m = sub.shape
+        square = np.full((n + m, n + m), _FORBIDDEN_COST)
+        square[:n, :m] = np.where(np.isfinite(sub), sub, _FORBIDDEN_COST)
+        square[np.arange(n), m + np.arange(n)] = _UNMATCHED_COST
+        square[n + np.arange(m), np.arange(m)] = _UNMATCHED_COST
+        square[n:, m:] = 0.0
+        col_of_row = _hungarian(square)
+        pairs += [(rows[i], cols[j]) for i, j in enumerate(col_of_row[:n]) if j < m and np.isfinite(sub[i, j])]
+    return sorted(pairs)
+
+
+def _groups(admissible: np.ndarray) -> list[tuple[list[int], list[int]]]:
+    """Connected components (rows, cols) of the bipartite graph of admissible [n, m] pairs; lone rows and
+    columns are left out (they stay unmatched)."""
+    unvisited = admissible.any(axis=1)
+    groups = []
+    for start in np.flatnonzero(unvisited):
+        if not unvisited[start]:
+            continue
+        rows, cols = np.zeros(len(admissible), bool), np.zeros(admissible.shape[1], bool)
+        rows[start] = True
+        while True:
+            cols_now = admissible[rows].any(axis=0)
+            rows_now = admissible[:, cols_now].any(axis=1)
+            if (rows_now == rows).all() and (cols_now == cols).all():
+                break
+            rows, cols = rows_now | rows, cols_now
+        unvisited &= ~rows
+        groups.append((np.flatnonzero(rows).tolist(), np.flatnonzero(cols).tolist()))
+    return groups
+
+
+def _hungarian(cost: np.ndarray) -> np.ndarray:
+    """Column assigned to each row in a minimum-cost perfect matching of a square finite cost matrix [N, N]
+    (Kuhn-Munkres with potentials, O(N^3); the inner scan over columns is vectorised)."""
+    size = len(cost)
+    u, v = np.zeros(size + 1), np.zeros(size + 1)
+    row_of_col = np.zeros(size + 1, dtype=np.int64)  # 1-based rows; column 0 is the virtual start
+    way = np.zeros(size + 1, dtype=np.int64)
+    for row in range(1, size + 1):
+        row_of_col[0], col = row, 0
+        min_slack = np.full(size + 1, np.inf)
+        used = np.zeros(size + 1, dtype=bool)
+        while row_of_col[col] != 0:
+            used[col] = True
+            current = row_of_col[col]
+            slack = cost[current - 1] - u[current] - v[1:]
+            better = ~used[1:] & (slack < min_slack[1:])
+            min_slack[1:][better] = slack[better]
+            way[1:][better] = col
+            free_slack = np.where(used[1:], np.inf, min_slack[1:])
+            next_col = int(np.argmin(free_slack)) + 1
+            delta = free_slack[next_col - 1]
+            u[row_of_col[used]] += delta
+            v[used] -= delta
+            min_slack[1:][~used[1:]] -= delta
+            col = next_col
+        while col:
+            previous = way[col]
+            row_of_col[col] = row_of_col[previous]
+            col = previous
+    col_of_row = np.empty(size, dtype=np.int64)
+    col_of_row[row_of_col[1:] - 1] = np.arange(size)
+    return col_of_row
+
+
+def _is_cut(a: FaceRecord, b: FaceRecord) -> bool:
+    size_a, size_b = max(a.box_size, 1.0), max(b.box_size, 1.0)
+    jump = np.linalg.norm(np.mean(a.landmarks_xy, axis=0) - np.mean(b.landmarks_xy, axis=0))
+    return bool(jump > CUT_JUMP_FACE_SIZES * math.sqrt(size_a * size_b)
+                or max(size_a, size_b) > CUT_SIZE_RATIO * min(size_a, size_b))
+
+
+def _as_vector(face: FaceRecord) -> np.ndarray:
+    return np.array([*np.ravel(face.landmarks_xy), *face.box_xyxy], dtype=np.float64)
+
+
+def _with_vector(face: FaceRecord, vector: np.ndarray) -> FaceRecord:
+    """`face` moved to the landmarks and box in `vector` (see `Track.series`), without its (now stale) alignment."""
+    return dataclasses.replace(
+        face, landmarks_xy=tuple(map(tuple, vector[:10].reshape(5, 2))), box_xyxy=tuple(vector[10:]),
+        crop_size=None, template=None, affine_crop_from_image=None,
+    )
+
+
+def _box_sizes(boxes: np.ndarray) -> np.ndarray:
+    """Geometric mean of width and height of boxes [..., 4] (xyxy), at least a pixel (degenerate boxes)."""
+    width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    return np.sqrt(np.maximum(width, 1.0) * np.maximum(height, 1.0))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes a [..., 4] and b [..., 4] (xyxy, broadcast)."""
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = width * height
+    return inter / np.maximum(_area(a) + _area(b) - inter, 1e-9)
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
