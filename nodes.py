@@ -29,7 +29,7 @@ from .face_utils import FaceDetector, FaceParser
 from .face_utils.parsing import FaceParserCache
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
 from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, draw_faces
-from .face_utils.pipeline import paste_back, restore_frames, warp_crops
+from .face_utils.pipeline import paste_back, restore_image, warp_crops
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
 from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
 from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner
@@ -411,7 +411,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
         restore = _bind_restorer(gpen_model, MAX_BATCH_SIZE, strength)
         progress = comfy.utils.ProgressBar(image.shape[0])
         with _on_device(face_detector), _parser(mask_shape) as parser:
-            out, mask, faces = restore_frames(
+            out, mask, faces = restore_image(
                 image, face_detector, restore, detect_settings, paste_settings, parser=parser,
                 on_progress=lambda done, total: progress.update_absolute(done, total),
                 check_interrupted=mm.throw_exception_if_processing_interrupted,

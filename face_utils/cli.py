@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         for job in jobs:
             try:
                 image, depth = read_image(job.source)
-                out, _mask, faces = pipeline.restore_frames(
+                out, _mask, faces = pipeline.restore_image(
                     frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
                     detect_settings, paste_settings, parser=parser,
                 )

@@ -1,10 +1,11 @@
 """The face-restoration pipeline shared by the ComfyUI nodes and the command line (no ComfyUI imports here).
 
-One frame loop, two ways through it. Per frame the steps are always the same: find and align the faces
-(`_detect_frame`), cut their crops (`_crop_frame`), restore them (a `RestoreFn` the caller binds to its model),
-paste them back (`_paste_frame`). The separate nodes run each step over the whole batch (`detect_faces`,
-`warp_crops`, `paste_back`), handing a `FaceSet` (the `GPEN_FACES` socket) between them; `restore_frames` runs all
-steps frame by frame, so a long video batch never holds more than one frame's crops.
+One frame loop, two ways through it. First the faces of the whole batch are found, tracked through each shot,
+chosen and aligned (`detect_faces`, which gives a `FaceSet`: the `GPEN_FACES` socket); then, per frame, their
+crops are cut (`_crop_frame`), restored (a `RestoreFn` the caller binds to its model) and pasted back
+(`_paste_frame`). The separate nodes run each step over the whole batch (`detect_faces`, `warp_crops`,
+`paste_back`); `restore_frames` runs the per-frame steps frame by frame on any `FrameSource` (an IMAGE batch, a
+video file), so a long video never holds more than one frame and its crops.
 
 Callers own the model's placement and pass progress and interruption callbacks; results are CPU float32.
 """
@@ -15,6 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -36,6 +38,18 @@ CheckInterrupted = Callable[[], None]
 """Raises (ComfyUI's InterruptProcessingException, KeyboardInterrupt) when the user asked to stop."""
 RestoreFn = Callable[[torch.Tensor, Callable[[], None]], torch.Tensor]
 """restore(crops [n, S, S, C] in [0, 1], on_face) -> restored crops [n, S', S', 3]; calls on_face() per face."""
+FrameSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
+"""Called as on_frame(index, frame, mask) with each finished frame in order; mask is None without faces."""
+
+
+class FrameSource(Protocol):
+    """Frames of a batch or a video, in order, that can be read more than once (faces are found in a first pass,
+    restored in a second): `len()` and iteration over float32 numpy frames `[H, W, C]` in 0..1. An IMAGE tensor
+    `[B, H, W, C]` serves as one directly."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...
 
 
 class FaceInputError(ValueError):
@@ -125,14 +139,15 @@ def crop_bytes(count: int, size: int, channels: int) -> int:
 
 
 def detect_faces(
-    image: torch.Tensor,
+    image: torch.Tensor | FrameSource,
     detector: FaceDetector,
     settings: DetectSettings,
     *,
     check_interrupted: CheckInterrupted | None = None,
     on_frame: Callable[[], None] | None = None,
 ) -> FaceSet:
-    """Find, track, select, smooth and align the faces of every frame of `image` (`[B, H, W, C]` IMAGE).
+    """Find, track, select, smooth and align the faces of every frame of `image` (an IMAGE `[B, H, W, C]` or any
+    `FrameSource`).
 
     Shots are runs of frames showing the same picture (by `picture_fingerprint`: a video between cuts; every
     image of a batch of unrelated photos is a shot of its own). Tracks never cross a shot boundary and their ids
@@ -158,7 +173,7 @@ def detect_faces(
                                     track_id=track_id, frame_fingerprint=fingerprints[frame_index])
                 for track_id, face in frame_faces
             ]
-    return FaceSet(tuple(chosen), image.shape[0], settings.crop_size, detector.name, sum(map(len, found)))
+    return FaceSet(tuple(chosen), len(found), settings.crop_size, detector.name, sum(map(len, found)))
 
 
 def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None) -> torch.Tensor:
@@ -215,23 +230,25 @@ def paste_back(
 
 
 def restore_frames(
-    image: torch.Tensor,
+    frames: torch.Tensor | FrameSource,
     detector: FaceDetector,
     restore: RestoreFn,
     detect_settings: DetectSettings,
     paste_settings: PasteSettings,
+    on_frame: FrameSink,
     *,
     parser: object | None = None,
     on_progress: OnProgress | None = None,
     check_interrupted: CheckInterrupted | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, FaceSet]:
+) -> FaceSet:
     """Find the faces of all frames (`detect_faces`: records only, a few hundred bytes per face), then restore
-    and paste frame by frame: only one frame's crops are alive at a time.
+    and paste frame by frame, handing each finished frame to `on_frame`: only one frame and its crops are alive
+    at a time, however long the video.
 
     Progress counts one step per frame for finding the faces, then one per face restored (one per faceless
-    frame). Returns the IMAGE `[B, H, W, C]`, the MASK `[B, H, W]` and the `FaceSet` of the faces restored.
+    frame). Returns the `FaceSet` of the faces restored.
     """
-    frames_total = image.shape[0]
+    frames_total = len(frames)
     done, total = 0, 2 * frames_total
 
     def step() -> None:
@@ -240,19 +257,39 @@ def restore_frames(
         if on_progress is not None:
             on_progress(done, max(done, total))
 
-    faces = detect_faces(image, detector, detect_settings, check_interrupted=check_interrupted, on_frame=step)
+    faces = detect_faces(frames, detector, detect_settings, check_interrupted=check_interrupted, on_frame=step)
     positions = faces.positions_by_frame()
     total = frames_total + sum(len(positions.get(i, [None])) for i in range(frames_total))
-    out_image, out_mask = _empty_results(image)
-    for frame_index, frame in _frames(image, check_interrupted):
+    for frame_index, frame in _frames(frames, check_interrupted):
+        mask = None
         if frame_index in positions:
             frame_faces = [faces.faces[p] for p in positions[frame_index]]
             crops = restore(_crop_frame(frame, frame_faces), step)
             frame, mask = _paste_frame(frame, crops, frame_faces, paste_settings, parser)
-            out_mask[frame_index] = torch.from_numpy(mask)
         else:
             step()
-        out_image[frame_index] = torch.from_numpy(frame)
+        on_frame(frame_index, frame, mask)
+    return faces
+
+
+def restore_image(
+    image: torch.Tensor,
+    detector: FaceDetector,
+    restore: RestoreFn,
+    detect_settings: DetectSettings,
+    paste_settings: PasteSettings,
+    **options,
+) -> tuple[torch.Tensor, torch.Tensor, FaceSet]:
+    """`restore_frames` on an IMAGE batch: returns the IMAGE `[B, H, W, C]`, the MASK `[B, H, W]` (zeros where
+    no face was pasted) and the faces, written frame by frame into one preallocated batch each."""
+    out_image, out_mask = _empty_results(image)
+
+    def store(index: int, frame: np.ndarray, mask: np.ndarray | None) -> None:
+        out_image[index] = torch.from_numpy(frame)
+        if mask is not None:
+            out_mask[index] = torch.from_numpy(mask)
+
+    faces = restore_frames(image, detector, restore, detect_settings, paste_settings, store, **options)
     return out_image, out_mask, faces
 
 
@@ -334,14 +371,23 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
 
 
 def _frames(
-    image: torch.Tensor, check_interrupted: CheckInterrupted | None, *, only: Sequence[int] | None = None
+    frames: torch.Tensor | FrameSource, check_interrupted: CheckInterrupted | None, *,
+    only: Sequence[int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """The loop every path shares: (index, frame as numpy) for each frame (or those in `only`), checking for
     interruption before each; one frame's copy alive at a time."""
-    for frame_index in range(image.shape[0]) if only is None else only:
-        if check_interrupted is not None:
-            check_interrupted()
-        yield frame_index, frame_to_numpy(image, frame_index)
+    wanted = None if only is None else set(only)
+    if isinstance(frames, torch.Tensor):
+        for frame_index in range(frames.shape[0]) if only is None else sorted(wanted):
+            if check_interrupted is not None:
+                check_interrupted()
+            yield frame_index, frame_to_numpy(frames, frame_index)
+        return
+    for frame_index, frame in enumerate(frames):
+        if wanted is None or frame_index in wanted:
+            if check_interrupted is not None:
+                check_interrupted()
+            yield frame_index, frame
 
 
 def _shots(fingerprints: Sequence[str]) -> list[tuple[int, int]]:

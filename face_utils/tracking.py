@@ -14,6 +14,7 @@ Records coming out of tracking are unaligned (moved landmarks invalidate an affi
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -30,9 +31,10 @@ DEFAULT_MAX_GAP = 5
 """Missed frames a track survives (1/6 s at 30 fps: a blink of the detector, a hand passing the face)."""
 LANDMARK_GATE = 0.5
 """Largest mean landmark distance, in face sizes, from a track's predicted or last position to a detection of it
-(head motion at 30 fps stays under ~0.3 face sizes per frame; two faces side by side are >= 1 apart)."""
+(head motion at 30 fps is typically under 0.3 face sizes per frame; two faces side by side are >= 1 apart)."""
 SIZE_RATIO_GATE = 1.5
-"""Largest box-size ratio between a track and a detection of it in the next frame (no zoom is that fast)."""
+"""Largest box-size ratio between a track and a detection of it (zooms and walks change a face's size by a few %
+per frame; a child's face where an adult's was is someone else)."""
 GAP_GATE_GROWTH = 0.1
 """Both gates widen by this fraction per missed frame: an unseen face may have moved further."""
 IOU_COST_WEIGHT = 0.5
@@ -45,10 +47,11 @@ CUT_SIZE_RATIO = 1.5
 """So is a box-size change beyond this ratio between consecutive frames (a cut from a wide shot to a close-up)."""
 SMOOTHING_SIGMA_FRAMES = 5.0
 """Gaussian window sigma (frames) of the local quadratic regression at strength 1. Detector landmark noise is
-~1-2 % of the face size per frame, independent between frames; at sigma 5 a still face's position noise falls
-3.1x (1.5 % -> 0.5 %, under a pixel on a 200-px face) and its frame-to-frame jitter ~20x, while a head swaying
-with a 2 s period (60 frames) keeps 99 % of its amplitude. A local *linear* fit reaches that noise at sigma 3 but
-keeps only 95 % (a visible offset between the pasted face and the head); both have zero lag on steady motion."""
+~1-2 % of the face size per frame, independent between frames. At sigma 5 a still face's position error falls 3x
+(1.5 % -> 0.5 %, about a pixel on a 200-px face) and its frame-to-frame jitter 17x (benchmarks/bench_steadiness.py),
+while a head swaying with a 2 s period (60 frames) keeps 99 % of its amplitude. A local *linear* fit is as quiet
+at sigma 3 but keeps only 95 % (an offset between the pasted face and the head); both have zero lag on steady
+motion, unlike a moving average at a segment's ends or any causal filter."""
 MIN_SIGMA_FRAMES = 0.25
 """Below this sigma a neighbour's weight is under exp(-8): smoothing is skipped as a no-op."""
 
@@ -82,9 +85,7 @@ class Track:
         if wrong:
             raise TrackingError(f"Track {self.track_id}: records at frames {wrong} carry another frame_index")
         if not detected <= faces.keys():
-            raise TrackingError(
-                f"Track {self.track_id}: detected frames {sorted(detected - faces.keys())} have no record"
-            )
+            raise TrackingError(f"Track {self.track_id}: detected frames {sorted(detected - faces.keys())} lack a record")
         object.__setattr__(self, "faces", faces)
         object.__setattr__(self, "detected_frames", detected)
 
@@ -342,7 +343,7 @@ def _match(histories: Sequence[dict[int, FaceRecord]], faces: Sequence[FaceRecor
     dets = np.stack([_as_vector(face) for face in faces])  # [m, 14]
     hypotheses, gaps = [], []
     for seen in histories:
-        recent = list(seen.items())[-VELOCITY_SIGHTINGS:]
+        recent = list(itertools.islice(reversed(seen.items()), VELOCITY_SIGHTINGS))[::-1]  # O(1) on long tracks
         times = np.array([frame for frame, _ in recent], dtype=np.float64)
         points = np.stack([_as_vector(face) for _, face in recent])
         predicted = points[-1]
@@ -361,8 +362,7 @@ def _match(histories: Sequence[dict[int, FaceRecord]], faces: Sequence[FaceRecor
     size_change = np.abs(np.log(size_h / size_d))
     admissible = (distance <= LANDMARK_GATE * grow) & (size_change <= math.log(SIZE_RATIO_GATE) * grow)
     cost = np.where(admissible, distance + IOU_COST_WEIGHT * (1 - _iou(hyp[..., 10:], det[..., 10:])), np.inf)
-    cost = cost.min(axis=1)  # [n, m]: the better of prediction and last sighting
-    return [(i, j) for i, j in _assign(cost) if np.isfinite(cost[i, j])]
+    return _assign(cost.min(axis=1))  # [n, m]: the better of prediction and last sighting
 
 
 def _assign(cost: np.ndarray) -> list[tuple[int, int]]:
@@ -473,8 +473,5 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = width * height
-    return inter / np.maximum(_area(a) + _area(b) - inter, 1e-9)
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+    area_a, area_b = ((np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)) for x in (a, b))
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)

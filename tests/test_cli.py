@@ -63,7 +63,7 @@ def test_gives_what_the_one_node_path_gives(models_dir, home, fixtures_dir):
     assert run(["--input", source, "--output", out, "--strength", "0.7", *base_args(models_dir)], home) == 0
     runner = GpenRunner.load(models_dir / "facerestore_models" / "GPEN-BFR-64.pth", precision="fp32")
     detector = load_detector(DETECTOR, models_dir / "facedetection")
-    image, _mask, faces = pipeline.restore_frames(
+    image, _mask, faces = pipeline.restore_image(
         image_batch(read_rgb(source)), detector,
         lambda crops, on_face: runner.restore(crops, device=torch.device("cpu"), strength=0.7, on_face=on_face),
         pipeline.DetectSettings(crop_size=runner.size), PasteSettings(),
