@@ -116,6 +116,35 @@ def paste_faces(
         masks, strength not included). Wherever mask is 0 the image is bit-identical to the input.
     """
     image = check_image(image)
+    return blend_faces(image, prepare_faces(image, crops, faces, settings, parser=parser), settings)
+
+
+@dataclass
+class PreparedFace:
+    """One face ready to be blended into its canvas: the rectangle it covers (`box_yyxx`: y0, y1, x0, x1), its
+    mask there, the restored pixels warped there (in the canvas's colour channels), the face's side in canvas
+    pixels, and its colour statistics (None when colour correction is off)."""
+
+    face: FaceRecord
+    box_yyxx: tuple[int, int, int, int]
+    mask: np.ndarray
+    restored: np.ndarray
+    face_side_px: float
+    colour: ColourStats | None
+
+
+def prepare_faces(
+    image: np.ndarray,
+    crops: Sequence[np.ndarray],
+    faces: Sequence[FaceRecord],
+    settings: PasteSettings = PasteSettings(),
+    *,
+    parser: FaceParser | None = None,
+) -> list[PreparedFace | None]:
+    """The first half of `paste_faces` (same arguments): each face's geometry, mask, warped pixels and colour
+    statistics, measured on `image` (None for a face entirely outside the canvas). Video paths smooth the colour
+    statistics over time between this and `blend_faces`."""
+    image = check_image(image)
     if len(crops) != len(faces):
         raise ValueError(f"Got {len(crops)} crops for {len(faces)} faces; pass one restored crop per face")
     if settings.mask_shape == "parsing" and parser is None:
@@ -123,10 +152,26 @@ def paste_faces(
             "mask_shape 'parsing' needs a face parser: load one with face_utils.load_face_parser(model_dir), or "
             "choose mask_shape 'ellipse' or 'box'"
         )
+    return [_prepare_one(image, check_image(crop, "crop"), face, settings, parser) for crop, face in zip(crops, faces)]
+
+
+def blend_faces(
+    image: np.ndarray,
+    prepared: Sequence[PreparedFace | None],
+    settings: PasteSettings = PasteSettings(),
+    *,
+    colours: Sequence[ColourStats | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The second half of `paste_faces`: blend `prepared` faces into a copy of `image` in order (later over
+    earlier), each colour-corrected with its own statistics or with `colours[i]` when given (smoothed ones).
+    Returns (image, mask) as `paste_faces` does."""
+    image = check_image(image)
     result = image.copy()
     combined = np.zeros(image.shape[:2], dtype=np.float32)
-    for crop, face in zip(crops, faces):
-        _paste_one(result, combined, image, check_image(crop, "crop"), face, settings, parser)
+    for position, face in enumerate(prepared):
+        if face is not None:
+            colour = face.colour if colours is None or colours[position] is None else colours[position]
+            _blend_one(result, combined, image, face, settings, colour)
     return result, combined
 
 
@@ -176,21 +221,15 @@ def face_mask_uv(u: np.ndarray, v: np.ndarray, shape: str, erosion: float, feath
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
-def _paste_one(
-    result: np.ndarray,
-    combined: np.ndarray,
-    original: np.ndarray,
-    crop: np.ndarray,
-    face: FaceRecord,
-    settings: PasteSettings,
-    parser: FaceParser | None,
-) -> None:
+def _prepare_one(
+    original: np.ndarray, crop: np.ndarray, face: FaceRecord, settings: PasteSettings, parser: FaceParser | None
+) -> PreparedFace | None:
     if not face.is_aligned:
         raise ValueError("Cannot paste an unaligned face: align it with face_utils.align_face first")
     side = crop.shape[0]
     if crop.shape[1] != side:
         raise ValueError(f"Restored crops must be square, got {crop.shape[1]}x{side} (w x h)")
-    canvas_h, canvas_w = result.shape[:2]
+    canvas_h, canvas_w = original.shape[:2]
     crop_from_canvas = crop_from_canvas_affine(face, side, (canvas_h, canvas_w))
 
     # The canvas rectangle under the crop; nothing outside it is read or written.
@@ -204,25 +243,46 @@ def _paste_one(
     y1 = min(math.ceil(corners_xy[:, 1].max()) + 1, canvas_h)
     if x1 <= x0 or y1 <= y0:
         logger.info("Face at %s lies outside the canvas; nothing pasted", face.box_xyxy)
-        return
+        return None
     crop_from_region = compose_affine(crop_from_canvas, translate_affine(x0, y0))
-
     mask = _region_mask(crop, crop_from_region, (y1 - y0, x1 - x0), settings, parser)
+    channels = colour_channels(original)
+    restored = convert_channels(_warp_crop_to_region(crop, crop_from_region, (y1 - y0, x1 - x0), settings), channels)
+    face_side_px = side / affine_scale(crop_from_region)
+    colour = None
+    if settings.color_correction:
+        colour = _colour_stats(original[y0:y1, x0:x1, :channels], restored, mask, face_side_px)
+    return PreparedFace(face, (y0, y1, x0, x1), mask, restored, face_side_px, colour)
+
+
+def _blend_one(
+    result: np.ndarray,
+    combined: np.ndarray,
+    original: np.ndarray,
+    face: PreparedFace,
+    settings: PasteSettings,
+    colour: ColourStats | None,
+) -> None:
+    y0, y1, x0, x1 = face.box_yyxx
     region_combined = combined[y0:y1, x0:x1]
     # The union 1 - (1 - c)(1 - m), written so a tiny m still makes c positive in float32 (every pixel that
     # changes is inside the returned mask).
-    region_combined += mask * (1.0 - region_combined)
-    weight = mask * np.float32(settings.strength)
+    region_combined += face.mask * (1.0 - region_combined)
+    weight = face.mask * np.float32(settings.strength)
     if not weight.any():
         return
-
     channels = colour_channels(result)
-    restored = convert_channels(_warp_crop_to_region(crop, crop_from_region, (y1 - y0, x1 - x0), settings), channels)
     current = result[y0:y1, x0:x1, :channels]
-    if settings.color_correction:
+    restored = face.restored
+    if colour is not None:
         reference = original[y0:y1, x0:x1, :channels]
-        crop_side_px = side / affine_scale(crop_from_region)
-        restored = _colour_match(reference, restored, mask, crop_side_px)
+        own = face.colour
+        if colour is not own and own is not None:
+            # Statistics smoothed over time: the local colour target is this frame's original, moved onto the
+            # smoothed mean and spread (else the local step would bring the frame's own wobble back).
+            spread = np.where(own.reference_std > 1e-4, colour.reference_std / np.maximum(own.reference_std, 1e-4), 1)
+            reference = ((reference - own.reference_mean) * spread + colour.reference_mean).astype(np.float32)
+        restored = _colour_apply(reference, restored, face.mask, face.face_side_px, *colour.gain_offset())
     blended = current + weight[:, :, None] * (restored - current)
     current[...] = np.where(weight[:, :, None] > 0.0, blended, current)
 
@@ -273,47 +333,58 @@ def _warp_crop_to_region(
     return np.clip(ensure_hwc(warped), 0.0, 1.0)
 
 
-def _colour_match(reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, crop_side_px: float) -> np.ndarray:
-    """`restored` [h, w, C] with the low-frequency colour and tone of `reference` under `mask`.
+@dataclass(frozen=True)
+class ColourStats:
+    """A face's colour statistics under its mask, per channel: mean and spread of the original (`reference_*`)
+    and of the restored face (`restored_*`), measured after a blur of COLOR_STATS_SIGMA so that only structure
+    a blurry original and a sharp restoration share counts."""
 
-    Works on copies shrunk so the crop side spans COLOR_CORRECTION_GRID pixels. Two steps, per channel:
-    1. an affine match of the face's mean and spread (mask-weighted, measured after a blur of COLOR_STATS_SIGMA
-       so only structure that a blurry original and a sharp restoration share counts): out = a * restored + b,
-       a = std(reference) / std(restored) limited to COLOR_GAIN_RANGE; this undoes a global cast, gain and
-       offset alike, without flattening the detail the restorer added;
-    2. a smooth additive field making the local mask-weighted means equal (normalised convolution, so pixels
-       outside the face do not pull the colour), for casts that vary across the face.
-    """
-    height, width = mask.shape
-    factor = min(1.0, COLOR_CORRECTION_GRID / crop_side_px)
-    small_wh = (max(1, round(width * factor)), max(1, round(height * factor)))
+    reference_mean: np.ndarray
+    reference_std: np.ndarray
+    restored_mean: np.ndarray
+    restored_std: np.ndarray
 
-    def shrink(array: np.ndarray) -> np.ndarray:
-        return ensure_hwc(cv2.resize(array, small_wh, interpolation=cv2.INTER_AREA))
+    def gain_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        """`gain`, `offset` per channel so that gain * restored + offset has the reference's mean and spread (gain
+        limited to COLOR_GAIN_RANGE): this undoes a global cast, gain and offset alike, without flattening the
+        detail the restorer added."""
+        std = np.maximum(self.restored_std, 1e-4)
+        gain = np.where(self.restored_std > 1e-4, self.reference_std / std, 1.0)
+        gain = np.clip(gain, *COLOR_GAIN_RANGE).astype(np.float32)
+        return gain, (self.reference_mean - gain * self.restored_mean).astype(np.float32)
 
-    weight = shrink(mask[:, :, None])
-    small_reference, small_restored = shrink(reference), shrink(restored)
+
+def _colour_stats(
+    reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, face_side_px: float
+) -> ColourStats | None:
+    """The statistics the global half of colour correction matches (see `ColourStats`); None when the mask is
+    empty."""
+    small_reference, small_restored, weight, shrink_factor = _shrunk(reference, restored, mask, face_side_px)
     total = float(weight.sum())
     if total <= 1e-6:
-        return restored
+        return None
+    stats_sigma = max(COLOR_STATS_SIGMA * face_side_px * shrink_factor, 0.5)
 
     def mean_std(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        array = ensure_hwc(cv2.GaussianBlur(array, (0, 0), sigmaX=stats_sigma, borderType=cv2.BORDER_REPLICATE))
         mean = (array * weight).sum(axis=(0, 1)) / total
         variance = (((array - mean) ** 2) * weight).sum(axis=(0, 1)) / total
         return mean, np.sqrt(variance)
 
-    stats_sigma = max(COLOR_STATS_SIGMA * crop_side_px * (small_wh[0] / width), 0.5)
+    return ColourStats(*mean_std(small_reference), *mean_std(small_restored))
 
-    def structure(array: np.ndarray) -> np.ndarray:
-        return ensure_hwc(cv2.GaussianBlur(array, (0, 0), sigmaX=stats_sigma, borderType=cv2.BORDER_REPLICATE))
 
-    mean_reference, std_reference = mean_std(structure(small_reference))
-    mean_restored, std_restored = mean_std(structure(small_restored))
-    gain = np.where(std_restored > 1e-4, std_reference / np.maximum(std_restored, 1e-4), 1.0)
-    gain = np.clip(gain, *COLOR_GAIN_RANGE).astype(np.float32)
-    offset = (mean_reference - gain * mean_restored).astype(np.float32)
-
-    sigma = max(COLOR_CORRECTION_SIGMA * crop_side_px * (small_wh[0] / width), 0.5)
+def _colour_apply(
+    reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, face_side_px: float, gain: np.ndarray,
+    offset: np.ndarray,
+) -> np.ndarray:
+    """`restored` [h, w, C] with the low-frequency colour and tone of `reference` under `mask`: `gain` and
+    `offset` (see `ColourStats.gain_offset`), then a smooth additive field making the local mask-weighted means equal
+    (normalised convolution, so pixels outside the face do not pull the colour), for casts that vary across the
+    face. Works on copies shrunk so the face side spans COLOR_CORRECTION_GRID pixels."""
+    height, width = mask.shape
+    small_reference, small_restored, weight, shrink_factor = _shrunk(reference, restored, mask, face_side_px)
+    sigma = max(COLOR_CORRECTION_SIGMA * face_side_px * shrink_factor, 0.5)
 
     def blur(array: np.ndarray) -> np.ndarray:
         return ensure_hwc(cv2.GaussianBlur(array, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE))
@@ -323,3 +394,18 @@ def _colour_match(reference: np.ndarray, restored: np.ndarray, mask: np.ndarray,
     local = np.divide(difference, local_total, out=np.zeros_like(difference), where=local_total > 1e-4)
     local = ensure_hwc(cv2.resize(local, (width, height), interpolation=cv2.INTER_LINEAR))
     return np.clip(restored * gain + offset + local, 0.0, 1.0)
+
+
+def _shrunk(
+    reference: np.ndarray, restored: np.ndarray, mask: np.ndarray, face_side_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Reference, restored and mask (as weights [h', w', 1]) shrunk so the face side spans COLOR_CORRECTION_GRID
+    pixels (the colour fields are smooth), and the width factor of that shrink."""
+    height, width = mask.shape
+    factor = min(1.0, COLOR_CORRECTION_GRID / face_side_px)
+    small_wh = (max(1, round(width * factor)), max(1, round(height * factor)))
+
+    def shrink(array: np.ndarray) -> np.ndarray:
+        return ensure_hwc(cv2.resize(array, small_wh, interpolation=cv2.INTER_AREA))
+
+    return shrink(reference), shrink(restored), shrink(mask[:, :, None]), small_wh[0] / width

@@ -3,7 +3,7 @@
 One frame loop, two ways through it. First the faces of the whole batch are found, tracked through each shot,
 chosen and aligned (`detect_faces`, which gives a `FaceSet`: the `GPEN_FACES` socket); then, per frame, their
 crops are cut (`_crop_frame`), restored (a `RestoreFn` the caller binds to its model) and pasted back
-(`_paste_frame`). The separate nodes run each step over the whole batch (`detect_faces`, `warp_crops`,
+(a `PasteStream`, which smooths each person's colour correction over time). The separate nodes run each step over the whole batch (`detect_faces`, `warp_crops`,
 `paste_back`); `restore_frames` runs the per-frame steps frame by frame on any `FrameSource` (an IMAGE batch, a
 video file), so a long video never holds more than one frame and its crops.
 
@@ -26,7 +26,8 @@ from .alignment import TEMPLATES, align_face, warp_face
 from .conversion import frame_to_numpy, frames_to_image
 from .detection import FaceDetector, parse_index_spec
 from .images import picture_fingerprint, same_picture
-from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy, paste_faces
+from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy
+from .paste_stream import FrameSink, PasteStream
 from .records import FaceRecord
 from .tracking import DEFAULT_MAX_GAP, assign_tracks, faces_by_frame, select_tracks, smooth_tracks
 
@@ -38,8 +39,6 @@ CheckInterrupted = Callable[[], None]
 """Raises (ComfyUI's InterruptProcessingException, KeyboardInterrupt) when the user asked to stop."""
 RestoreFn = Callable[[torch.Tensor, Callable[[], None]], torch.Tensor]
 """restore(crops [n, S, S, C] in [0, 1], on_face) -> restored crops [n, S', S', 3]; calls on_face() per face."""
-FrameSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
-"""Called as on_frame(index, frame, mask) with each finished frame in order; mask is None without faces."""
 
 
 class FrameSource(Protocol):
@@ -100,7 +99,9 @@ class FaceSet:
     """What flows through a `GPEN_FACES` socket: the chosen, aligned faces of a batch (possibly none).
 
     `faces` are in frame order, each frame's faces in the selection order; `found` counts every face the
-    detector reported before `face_index`/`max_faces` chose among them.
+    detector reported before `face_index`/`max_faces` chose among them; `shots` are the half-open frame ranges
+    the batch was split into (tracks and smoothing stay inside one); `smoothing` is the temporal smoothing the
+    faces were found with (paste-back smooths colour correction the same way, 0 = not at all).
     """
 
     faces: tuple[FaceRecord, ...]
@@ -108,6 +109,8 @@ class FaceSet:
     crop_size: int
     detector: str
     found: int
+    shots: tuple[tuple[int, int], ...] = ()
+    smoothing: float = 0.0
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -161,7 +164,8 @@ def detect_faces(
         if on_frame is not None:
             on_frame()
     chosen: list[FaceRecord] = []
-    for start, stop in _shots(fingerprints):
+    shots = _shots(fingerprints)
+    for start, stop in shots:
         in_shot = [faces if start <= t < stop else [] for t, faces in enumerate(found)]
         tracks = assign_tracks(in_shot, order=settings.order, max_gap=settings.max_gap)
         tracks = select_tracks(tracks, index=settings.index, max_faces=settings.max_faces,
@@ -173,7 +177,8 @@ def detect_faces(
                                     track_id=track_id, frame_fingerprint=fingerprints[frame_index])
                 for track_id, face in frame_faces
             ]
-    return FaceSet(tuple(chosen), len(found), settings.crop_size, detector.name, sum(map(len, found)))
+    return FaceSet(tuple(chosen), len(found), settings.crop_size, detector.name, sum(map(len, found)),
+                   tuple(shots), settings.smoothing)
 
 
 def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None) -> torch.Tensor:
@@ -218,14 +223,14 @@ def paste_back(
         )
     check_faces_fit_image(image, faces)
     out_image, out_mask = _empty_results(image)
+    stream = _paste_stream(faces, settings, parser, _store_into(out_image, out_mask))
     positions = faces.positions_by_frame()
     for frame_index, frame in _frames(image, check_interrupted):
-        if frame_index in positions:
-            frame_faces = [faces.faces[p] for p in positions[frame_index]]
+        frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
+        if frame_faces:
             check_same_picture(frame, frame_faces, frame_index)
-            frame, mask = _paste_frame(frame, crops[positions[frame_index]], frame_faces, settings, parser)
-            out_mask[frame_index] = torch.from_numpy(mask)
-        out_image[frame_index] = torch.from_numpy(frame)
+        stream.push(frame_index, frame, _crop_arrays(crops[positions.get(frame_index, [])]), frame_faces)
+    stream.finish()
     return out_image, out_mask
 
 
@@ -260,15 +265,16 @@ def restore_frames(
     faces = detect_faces(frames, detector, detect_settings, check_interrupted=check_interrupted, on_frame=step)
     positions = faces.positions_by_frame()
     total = frames_total + sum(len(positions.get(i, [None])) for i in range(frames_total))
+    stream = _paste_stream(faces, paste_settings, parser, on_frame)
     for frame_index, frame in _frames(frames, check_interrupted):
-        mask = None
-        if frame_index in positions:
-            frame_faces = [faces.faces[p] for p in positions[frame_index]]
-            crops = restore(_crop_frame(frame, frame_faces), step)
-            frame, mask = _paste_frame(frame, crops, frame_faces, paste_settings, parser)
+        frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
+        crops: list[np.ndarray] = []
+        if frame_faces:
+            crops = _crop_arrays(restore(_crop_frame(frame, frame_faces), step))
         else:
             step()
-        on_frame(frame_index, frame, mask)
+        stream.push(frame_index, frame, crops, frame_faces)
+    stream.finish()
     return faces
 
 
@@ -283,13 +289,8 @@ def restore_image(
     """`restore_frames` on an IMAGE batch: returns the IMAGE `[B, H, W, C]`, the MASK `[B, H, W]` (zeros where
     no face was pasted) and the faces, written frame by frame into one preallocated batch each."""
     out_image, out_mask = _empty_results(image)
-
-    def store(index: int, frame: np.ndarray, mask: np.ndarray | None) -> None:
-        out_image[index] = torch.from_numpy(frame)
-        if mask is not None:
-            out_mask[index] = torch.from_numpy(mask)
-
-    faces = restore_frames(image, detector, restore, detect_settings, paste_settings, store, **options)
+    faces = restore_frames(image, detector, restore, detect_settings, paste_settings,
+                           _store_into(out_image, out_mask), **options)
     return out_image, out_mask, faces
 
 
@@ -401,13 +402,25 @@ def _crop_frame(frame: np.ndarray, faces: Sequence[FaceRecord]) -> torch.Tensor:
     return frames_to_image([warp_face(frame, face) for face in faces])
 
 
-def _paste_frame(
-    frame: np.ndarray, crops: torch.Tensor, faces: Sequence[FaceRecord], settings: PasteSettings,
-    parser: object | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One frame with its faces' crops pasted back, and its mask."""
-    crop_arrays = [crop.numpy() for crop in crops.detach().to("cpu", torch.float32)]
-    return paste_faces(frame, crop_arrays, list(faces), settings, parser=parser)
+def _crop_arrays(crops: torch.Tensor) -> list[np.ndarray]:
+    """Restored crops `[n, S, S, C]` (any device) as CPU float32 numpy arrays, for paste-back."""
+    return [crop.numpy() for crop in crops.detach().to("cpu", torch.float32)]
+
+
+def _paste_stream(faces: FaceSet, settings: PasteSettings, parser: object | None, sink: FrameSink) -> PasteStream:
+    """Paste-back frame by frame, colour correction smoothed over time as the faces were (see paste_stream)."""
+    return PasteStream(settings, sink, shots=faces.shots, smooth=faces.smoothing > 0, parser=parser)
+
+
+def _store_into(out_image: torch.Tensor, out_mask: torch.Tensor) -> FrameSink:
+    """A frame sink writing each finished frame (and its mask, if any) into preallocated IMAGE and MASK batches."""
+
+    def store(index: int, frame: np.ndarray, mask: np.ndarray | None) -> None:
+        out_image[index] = torch.from_numpy(frame)
+        if mask is not None:
+            out_mask[index] = torch.from_numpy(mask)
+
+    return store
 
 
 def _empty_results(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
