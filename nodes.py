@@ -28,11 +28,12 @@ from .face_utils import DETECTORS, KNOWN_WEIGHTS, MASK_SHAPES, ORDERS, TEMPLATES
 from .face_utils import FaceDetector, FaceParser
 from .face_utils.parsing import FaceParserCache
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
-from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, draw_faces
+from .face_utils.pipeline import DetectSettings, FaceInputError, FaceSet, RestoreFn, crop_bytes, detect_faces
+from .face_utils.pipeline import draw_faces
 from .face_utils.pipeline import paste_back, restore_image, warp_crops
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
 from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
-from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner
+from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner, resize_crops
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ TITLES = {
     "GPENRestoreFacesOneNode": "Restore faces (GPEN, one node)",
 }
 CATEGORY = "image/restoration/GPEN"
+OUTPUT_SIZES = ("model", "input")  # restored crops at the model's size, or at the size they came in
 NO_MODELS = "(no model files in models/facerestore_models)"
 # Device memory freed through ComfyUI before the face detector or parser goes on the GPU: RetinaFace-R50's
 # 105 MB of weights plus its activations on a 1024 px image, with headroom (ParseNet at 512 px needs less).
@@ -268,8 +270,8 @@ class GPENDetectFaces(io.ComfyNode):
             outputs=[
                 io.Image.Output("face_crops", tooltip=(
                     "Aligned face crops, one per face (square). When no face is found: one black placeholder.")),
-                FacesSocket.Output("faces", tooltip="The faces: frame, box, landmarks and the transform to paste back."),
-                io.Image.Output("preview", tooltip="The frames with each kept face's box, landmarks, number and score."),
+                FacesSocket.Output("faces", tooltip="The faces: frame, track, box, landmarks, the transform back."),
+                io.Image.Output("preview", tooltip="The frames with each kept face's box, landmarks, id and score."),
             ],
         )
 
@@ -310,32 +312,46 @@ class GPENRestoreFaces(io.ComfyNode):
                 f"'{TITLES['GPENDetectFaces']}'; black crops (its no-face placeholder) pass through unrestored."),
             inputs=[
                 _model_input(),
-                io.Image.Input("face_crops", tooltip=f"Aligned square face crops, e.g. from '{TITLES['GPENDetectFaces']}'."),
+                io.Image.Input("face_crops",
+                               tooltip=f"Aligned square face crops, e.g. from '{TITLES['GPENDetectFaces']}'."),
                 _strength(),
                 FacesSocket.Input("faces", optional=True, tooltip=(
                     f"Optional: the faces from '{TITLES['GPENDetectFaces']}'; when it found none, GPEN does not run.")),
+                io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="model", optional=True, tooltip=(
+                    "Size of the restored crops: the model's (2048 px for GPEN-BFR-2048), or that of the input crops. "
+                    "For long videos through the separate nodes, cut small crops (face_size, no model connected) "
+                    "and keep them small here: 300 crops at 2048 px take 15 GB, at 512 px under 1 GB.")),
             ],
             outputs=[io.Image.Output("restored_crops", tooltip=(
-                "The restored crops, same count and order as the input crops, at the model's size."))],
+                "The restored crops, same count and order as the input crops, at the chosen output_size."))],
         )
 
     @classmethod
     @_named_errors
-    def execute(cls, gpen_model: GpenModel, face_crops, strength, faces: FaceSet | None = None) -> io.NodeOutput:
+    def execute(cls, gpen_model: GpenModel, face_crops, strength, faces: FaceSet | None = None,
+                output_size: str = "model") -> io.NodeOutput:
         check_image(face_crops, name="face_crops")
-        size = gpen_model.size
+        size = gpen_model.size if output_size == "model" else face_crops.shape[1]
+        needed, free = crop_bytes(face_crops.shape[0], size, 3), mm.get_free_memory(mm.intermediate_device())
+        if needed > free:
+            raise FaceInputError(
+                f"{face_crops.shape[0]} restored crop(s) at {size}x{size} need {needed / 2**30:.1f} GiB, but only "
+                f"{free / 2**30:.1f} GiB is free. Set output_size to 'input' with smaller crops, restore fewer faces, "
+                f"or use '{TITLES['GPENRestoreFacesOneNode']}', which holds one frame's crops at a time")
         out = torch.zeros((face_crops.shape[0], size, size, 3), dtype=torch.float32)
         # Black crops (Detect's placeholder when it found no face) hold nothing to restore.
-        todo = face_crops.flatten(1).amax(dim=1) > 0
+        todo = (face_crops.flatten(1).amax(dim=1) > 0).nonzero().flatten()
         if faces is not None and not len(faces):
-            todo[:] = False
-        count = int(todo.sum())
-        if count:
-            restore = _bind_restorer(gpen_model, count, strength)
-            progress = comfy.utils.ProgressBar(count)
-            out[todo] = restore(face_crops[todo], lambda: progress.update(1))
-        skipped = face_crops.shape[0] - count
-        logger.info("%s: restored %d crop(s) with %s%s", _title(cls), count, gpen_model.runner.name,
+            todo = todo[:0]
+        if len(todo):
+            restore = _bind_restorer(gpen_model, len(todo), strength)
+            progress = comfy.utils.ProgressBar(len(todo))
+            # In chunks, so crops at the model's size exist for one chunk only when output_size is 'input'.
+            for start in range(0, len(todo), MAX_BATCH_SIZE):
+                chunk = todo[start : start + MAX_BATCH_SIZE]
+                out[chunk] = resize_crops(restore(face_crops[chunk], lambda: progress.update(1)), size)
+        skipped = face_crops.shape[0] - len(todo)
+        logger.info("%s: restored %d crop(s) with %s%s", _title(cls), len(todo), gpen_model.runner.name,
                     f"; {skipped} black placeholder crop(s) passed through unrestored" if skipped else "")
         return io.NodeOutput(out.to(mm.intermediate_device()))
 

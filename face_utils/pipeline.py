@@ -2,10 +2,11 @@
 
 One frame loop, two ways through it. First the faces of the whole batch are found, tracked through each shot,
 chosen and aligned (`detect_faces`, which gives a `FaceSet`: the `GPEN_FACES` socket); then, per frame, their
-crops are cut (`_crop_frame`), restored (a `RestoreFn` the caller binds to its model) and pasted back
-(a `PasteStream`, which smooths each person's colour correction over time). The separate nodes run each step over the whole batch (`detect_faces`, `warp_crops`,
-`paste_back`); `restore_frames` runs the per-frame steps frame by frame on any `FrameSource` (an IMAGE batch, a
-video file), so a long video never holds more than one frame and its crops.
+crops are cut (`_crop_frame`), restored (a `RestoreFn` the caller binds to its model) and pasted back (a
+`PasteStream`, which smooths each person's colour correction over time). The separate nodes run each step over
+the whole batch (`detect_faces`, `warp_crops`, `paste_back`); `restore_frames` runs the per-frame steps frame by
+frame on any `FrameSource` (an IMAGE batch, a video file), so a long video never holds more than a few frames and
+their crops.
 
 Callers own the model's placement and pass progress and interruption callbacks; results are CPU float32.
 """
@@ -323,7 +324,8 @@ def check_same_picture(frame: np.ndarray, faces: Sequence[FaceRecord], frame_ind
 
 def draw_faces(frame: np.ndarray, faces: Sequence[FaceRecord]) -> np.ndarray:
     """A copy of `frame` (`[H, W, C]` float32 [0, 1]) as RGB with each face's box, landmarks, track id (else its
-    position in `faces`) and score drawn; labels stay inside the picture and do not overlap one another where there is room
+    position in `faces`) and score drawn; labels stay inside the picture and do not overlap one another where there
+    is room
     (drawn in 8 bits, which OpenCV's text rendering requires; it is only a preview)."""
     rgb = frame[..., :3] if frame.shape[-1] >= 3 else np.repeat(frame, 3, axis=-1)
     canvas = np.ascontiguousarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8))

@@ -157,7 +157,8 @@ class GpenRunner:
             while start < crops.shape[0]:
                 if check_interrupted is not None:
                     check_interrupted()
-                chunk = _resize(crops[start : start + batch_size].to(device=device, dtype=torch.float32), self.size)
+                chunk = crops[start : start + batch_size].to(device=device, dtype=torch.float32)
+                chunk = resize_crops(chunk, self.size)
                 try:
                     output = self.module(_to_model_input(chunk, self.dtype))
                 except torch.OutOfMemoryError:
@@ -188,7 +189,7 @@ def _rgb(crops: torch.Tensor) -> torch.Tensor:
     return crops[..., :3] if crops.shape[-1] >= 3 else crops.expand(*crops.shape[:-1], 3)
 
 
-def _resize(crops: torch.Tensor, size: int) -> torch.Tensor:
+def resize_crops(crops: torch.Tensor, size: int) -> torch.Tensor:
     """Square crops `[N, H, W, C]` resized to `[N, size, size, C]`: bicubic with antialiasing, so shrinking a 2048
     crop for a 512 model does not alias; clamped back to 0..1 because bicubic overshoots at edges."""
     if crops.shape[1] == size:

@@ -460,3 +460,20 @@ def test_an_offline_detector_names_the_file_its_address_and_the_folder(nodes, mo
 def test_a_wrong_input_type_names_the_node_and_what_to_connect(nodes, model):
     with pytest.raises(ValueError, match=r"Restore faces \(GPEN\): `face_crops` must be an IMAGE.*got .*\[3, 64, 64\]"):
         run(nodes.GPENRestoreFaces, model, torch.rand(3, 64, 64), 0.8)
+
+
+def test_restored_crops_can_stay_at_their_input_size(nodes, model):
+    crops = torch.rand(3, 32, 32, 3)
+    small = run(nodes.GPENRestoreFaces, model, crops, 1.0, output_size="input").result[0]
+    full = run(nodes.GPENRestoreFaces, model, crops, 1.0).result[0]
+    assert small.shape == (3, 32, 32, 3) and full.shape == (3, 64, 64, 3)
+    from comfyui_gpen_restore.gpen_arch.runner import resize_crops
+
+    torch.testing.assert_close(small, resize_crops(full, 32), atol=1e-6, rtol=0)
+
+
+def test_restored_crops_that_would_not_fit_in_free_memory_are_refused(nodes, comfy, model, monkeypatch):
+    monkeypatch.setattr(comfy.model_management, "get_free_memory",
+                        lambda dev=None, torch_free_too=False: (1000, 1000) if torch_free_too else 1000)
+    with pytest.raises(ValueError, match=r"Restore faces \(GPEN\): 2 restored crop\(s\) at 64x64 .*output_size"):
+        run(nodes.GPENRestoreFaces, model, torch.rand(2, 32, 32, 3), 1.0)

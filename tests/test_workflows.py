@@ -492,7 +492,8 @@ def test_restore_photo_queued_from_the_page_runs(page: FrontendPage, comfy_serve
 SAVED = Path(__file__).parent / "fixtures" / "saved_workflows"
 # Inputs added since then, all optional with these defaults (so a saved file means what it meant).
 ADDED_INPUTS = {"GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5},
-                "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5}}
+                "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5},
+                "GPENRestoreFaces": {"output_size": "model"}}
 
 
 def load_saved(name: str, api: bool = False) -> dict:
