@@ -13,11 +13,11 @@ import logging
 import numpy as np
 import pytest
 from comfyui_gpen_restore.face_utils import ORDERS, FaceRecord, load_detector, select_faces
+from comfyui_gpen_restore.face_utils.assignment import min_cost_assignment
 from comfyui_gpen_restore.face_utils.tracking import (
     SMOOTHING_SIGMA_FRAMES,
     Track,
     TrackingError,
-    _assign,
     assign_tracks,
     faces_by_frame,
     select_tracks,
@@ -339,7 +339,7 @@ def test_assignment_is_optimal_against_brute_force():
         n, m = rng.integers(1, 6, size=2)
         cost = rng.uniform(0, 2, (n, m))
         cost[rng.uniform(size=(n, m)) < 0.3] = np.inf
-        pairs = _assign(cost)
+        pairs = min_cost_assignment(cost)
         assert len({i for i, _ in pairs}) == len(pairs) == len({j for _, j in pairs})
         best = (0, 0.0)
         for cols in itertools.permutations(range(max(n, m)), int(n)):
