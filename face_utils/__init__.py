@@ -1,4 +1,4 @@
-"""Face pipeline for GPEN: detection, alignment and a seam-free, colour-true paste-back.
+"""Face pipeline for GPEN: detection, tracking, alignment and a seam-free, colour-true paste-back.
 
 This package never imports ComfyUI. Importing it loads no model and downloads nothing; facexlib (and with it
 torchvision) is imported only when a RetinaFace detector or the face parser is loaded.
@@ -12,7 +12,7 @@ Conventions
 
 Records (`face_utils.records`)
     FaceRecord(frame_index, image_size_hw, box_xyxy, score, landmarks_xy, crop_size=None, template=None,
-        affine_crop_from_image=None): frozen; landmarks in `LANDMARK_NAMES` order (left eye, right eye, nose, left
+        affine_crop_from_image=None, frame_fingerprint=None, track_id=None): frozen; landmarks in `LANDMARK_NAMES` order (left eye, right eye, nose, left
         and right mouth corner, left/right as seen in the image). Methods: to_dict(), from_dict(d), to_json(),
         from_json(s), with_frame(index); properties affine (2x3 float64, raises `FaceRecordError` if unaligned),
         is_aligned, box_size.
@@ -70,6 +70,19 @@ Paste-back (`face_utils.paste`)
     face_mask_uv(u, v, shape, erosion, feather): the geometric masks in normalised crop coordinates.
     canvas_scale_xy(canvas_hw, frame_hw): per-axis scale from the detection frame to a canvas; raises
         CanvasMismatchError unless the canvas is the frame uniformly scaled (up to rounding of its size).
+    prepare_faces + blend_faces: paste_faces in two halves, so that video paths can smooth each face's
+        ColourStats over time in between (`face_utils.paste_stream.PasteStream` does, frame by frame).
+
+Tracking (`face_utils.tracking`)
+    assign_tracks(frames, *, order, max_gap) -> [Track]: per-frame detections linked into people with stable
+        ids (numbered by `order` in the frame each first appears), short gaps filled by interpolation;
+        select_tracks(tracks, *, index, max_faces, min_face_size); smooth_tracks(tracks, *, strength): two-sided,
+        zero-lag smoothing of landmarks and boxes that never crosses a scene cut; smooth_series for any
+        per-frame statistic.
+
+Pipeline (`face_utils.pipeline`; the nodes and the command line share it)
+    DetectSettings, detect_faces(image or FrameSource, detector, settings) -> FaceSet (the GPEN_FACES socket),
+    warp_crops, paste_back, restore_frames(frames, ..., on_frame) (streams any FrameSource), restore_image.
 
 Face parsing (`face_utils.parsing`)
     load_face_parser(model_dir, *, device="cpu") -> FaceParser (facexlib's ParseNet,
