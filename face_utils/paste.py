@@ -268,8 +268,8 @@ def _blend_one(
     # The union 1 - (1 - c)(1 - m), written so a tiny m still makes c positive in float32 (every pixel that
     # changes is inside the returned mask).
     region_combined += face.mask * (1.0 - region_combined)
-    weight = face.mask * np.float32(settings.strength)
-    if not weight.any():
+    weight = face.mask
+    if not weight.any() or settings.strength == 0.0:
         return
     channels = colour_channels(result)
     current = result[y0:y1, x0:x1, :channels]
@@ -283,7 +283,11 @@ def _blend_one(
             spread = np.where(own.reference_std > 1e-4, colour.reference_std / np.maximum(own.reference_std, 1e-4), 1)
             reference = ((reference - own.reference_mean) * spread + colour.reference_mean).astype(np.float32)
         restored = _colour_apply(reference, restored, face.mask, face.face_side_px, *colour.gain_offset())
-    blended = current + weight[:, :, None] * (restored - current)
+    # The face's own blend with the original at `strength`, laid over what earlier faces left through its mask:
+    # where faces overlap, their restorations share the strength instead of each applying it again.
+    original_region = original[y0:y1, x0:x1, :channels]
+    target = original_region + np.float32(settings.strength) * (restored - original_region)
+    blended = current + weight[:, :, None] * (target - current)
     current[...] = np.where(weight[:, :, None] > 0.0, blended, current)
 
 
