@@ -29,7 +29,7 @@ from .face_utils import FaceDetector, FaceParser
 from .face_utils.parsing import FaceParserCache
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
 from .face_utils.pipeline import DetectSettings, FaceInputError, FaceSet, RestoreFn, crop_bytes, detect_faces
-from .face_utils.pipeline import draw_faces
+from .face_utils.preview import draw_faces
 from .face_utils.pipeline import paste_back, restore_image, warp_crops
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
 from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model

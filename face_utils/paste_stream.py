@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .paste import ColourStats, PasteSettings, PreparedFace, blend_faces, prepare_faces
+from .colour import ColourStats
+from .paste import PasteSettings, PreparedFace, blend_faces, prepare_faces
 from .records import FaceRecord
 
 # Frames on each side of a frame whose colour statistics are averaged into it, and the Gaussian weight's sigma

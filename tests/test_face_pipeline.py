@@ -10,7 +10,8 @@ from nodes_support import grace  # noqa: F401
 
 from comfyui_gpen_restore.face_utils import FaceRecord
 from comfyui_gpen_restore.face_utils.images import picture_fingerprint, same_picture
-from comfyui_gpen_restore.face_utils.pipeline import DetectSettings, FaceInputError, FaceSet, draw_faces, warp_crops
+from comfyui_gpen_restore.face_utils.pipeline import DetectSettings, FaceInputError, FaceSet, warp_crops
+from comfyui_gpen_restore.face_utils.preview import draw_faces
 
 
 def face(x0: float, y0: float, side: float, frame_index: int = 0, size_hw=(600, 512)) -> FaceRecord:
@@ -36,17 +37,17 @@ def test_fingerprint_tells_scaled_copies_from_other_pictures(grace):
 
 
 def test_preview_labels_stay_inside_the_picture_and_apart_on_a_crowd(grace, monkeypatch):
-    from comfyui_gpen_restore.face_utils import pipeline
+    from comfyui_gpen_restore.face_utils import preview
 
     placed: list[tuple[int, int, int, int]] = []
-    real = pipeline._label_place
+    real = preview._label_place
 
     def recording(*args):
         rect = real(*args)
         placed.append(rect)
         return rect
 
-    monkeypatch.setattr(pipeline, "_label_place", recording)
+    monkeypatch.setattr(preview, "_label_place", recording)
     # A 4x4 crowd of touching faces, the first row at the top border and the last column at the right one.
     crowd = [face(x, y, 100) for y in range(0, 400, 100) for x in range(112, 512, 100)]
     preview = draw_faces(grace, crowd)
