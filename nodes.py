@@ -24,16 +24,16 @@ import torch
 # alias, not a frozen copy), so importing it would pin nothing and only add a name to keep in step.
 from comfy_api.latest import ComfyExtension, io
 
-from .face_utils import DETECTORS, KNOWN_WEIGHTS, MASK_SHAPES, ORDERS, TEMPLATES, PasteSettings, load_detector
-from .face_utils import FaceDetector, FaceParser
-from .face_utils.parsing import FaceParserCache
+from .face_utils import DETECTORS, KNOWN_WEIGHTS, MASK_SHAPES, ORDERS, TEMPLATES, FaceDetector, FaceParser
+from .face_utils import PasteSettings, load_detector
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
-from .face_utils.pipeline import DetectSettings, FaceInputError, FaceSet, RestoreFn, crop_bytes, detect_faces
+from .face_utils.parsing import FaceParserCache
+from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, paste_back, restore_crop_batch
+from .face_utils.pipeline import restore_image, warp_crops
 from .face_utils.preview import draw_faces
-from .face_utils.pipeline import paste_back, restore_image, warp_crops
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
 from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
-from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner, resize_crops
+from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner
 
 logger = logging.getLogger(__name__)
 
@@ -331,27 +331,18 @@ class GPENRestoreFaces(io.ComfyNode):
     def execute(cls, gpen_model: GpenModel, face_crops, strength, faces: FaceSet | None = None,
                 output_size: str = "model") -> io.NodeOutput:
         check_image(face_crops, name="face_crops")
-        size = gpen_model.size if output_size == "model" else face_crops.shape[1]
-        needed, free = crop_bytes(face_crops.shape[0], size, 3), mm.get_free_memory(mm.intermediate_device())
-        if needed > free:
-            raise FaceInputError(
-                f"{face_crops.shape[0]} restored crop(s) at {size}x{size} need {needed / 2**30:.1f} GiB, but only "
-                f"{free / 2**30:.1f} GiB is free. Set output_size to 'input' with smaller crops, restore fewer faces, "
-                f"or use '{TITLES['GPENRestoreFacesOneNode']}', which holds one frame's crops at a time")
-        out = torch.zeros((face_crops.shape[0], size, size, 3), dtype=torch.float32)
-        # Black crops (Detect's placeholder when it found no face) hold nothing to restore.
-        todo = (face_crops.flatten(1).amax(dim=1) > 0).nonzero().flatten()
-        if faces is not None and not len(faces):
-            todo = todo[:0]
-        if len(todo):
-            restore = _bind_restorer(gpen_model, len(todo), strength)
-            progress = comfy.utils.ProgressBar(len(todo))
-            # In chunks, so crops at the model's size exist for one chunk only when output_size is 'input'.
-            for start in range(0, len(todo), MAX_BATCH_SIZE):
-                chunk = todo[start : start + MAX_BATCH_SIZE]
-                out[chunk] = resize_crops(restore(face_crops[chunk], lambda: progress.update(1)), size)
-        skipped = face_crops.shape[0] - len(todo)
-        logger.info("%s: restored %d crop(s) with %s%s", _title(cls), len(todo), gpen_model.runner.name,
+
+        def bind(count: int) -> RestoreFn:
+            progress, restore = comfy.utils.ProgressBar(count), _bind_restorer(gpen_model, count, strength)
+            return lambda crops, _on_face: restore(crops, lambda: progress.update(1))
+
+        out, count = restore_crop_batch(
+            face_crops, bind, size=gpen_model.size if output_size == "model" else face_crops.shape[1],
+            free_bytes=mm.get_free_memory(mm.intermediate_device()), none_found=faces is not None and not len(faces),
+            chunk=MAX_BATCH_SIZE,
+        )
+        skipped = face_crops.shape[0] - count
+        logger.info("%s: restored %d crop(s) with %s%s", _title(cls), count, gpen_model.runner.name,
                     f"; {skipped} black placeholder crop(s) passed through unrestored" if skipped else "")
         return io.NodeOutput(out.to(mm.intermediate_device()))
 

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..gpen_arch.runner import resize_crops
 from .alignment import TEMPLATES, align_face, warp_face
 from .conversion import frame_to_numpy, frames_to_image
 from .detection import FaceDetector, parse_index_spec
@@ -29,7 +30,13 @@ from .images import picture_fingerprint, same_picture
 from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy
 from .paste_stream import FrameSink, PasteStream
 from .records import FaceRecord
-from .tracking import DEFAULT_MAX_GAP, assign_tracks, faces_by_frame, select_tracks, smooth_tracks
+from .tracking import (
+    DEFAULT_MAX_GAP,
+    assign_tracks,
+    faces_by_frame,
+    select_tracks,
+    smooth_tracks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +186,43 @@ def detect_faces(
             ]
     return FaceSet(tuple(chosen), len(found), settings.crop_size, detector.name, sum(map(len, found)),
                    tuple(shots), settings.smoothing)
+
+
+def restore_crop_batch(
+    crops: torch.Tensor,
+    bind_restore: Callable[[int], RestoreFn],
+    *,
+    size: int,
+    free_bytes: int | None = None,
+    none_found: bool = False,
+    on_face: Callable[[], None] | None = None,
+    chunk: int = 16,
+) -> tuple[torch.Tensor, int]:
+    """Restore a batch of crops `[N, S', S', C]` into one preallocated `[N, size, size, 3]` batch; returns it and
+    how many crops were restored.
+
+    Black crops (the detect step's placeholder when it found no face) and, with `none_found`, all crops pass
+    through black and unrestored. `bind_restore(count)` gives the `RestoreFn` once it is known how many faces
+    run; they run `chunk` at a time, each chunk resized to `size` at once, so crops at the model's size exist for
+    one chunk only. Raises `FaceInputError` before allocating when the result would not fit in `free_bytes`."""
+    needed = crop_bytes(crops.shape[0], size, 3)
+    if free_bytes is not None and needed > free_bytes:
+        raise FaceInputError(
+            f"{crops.shape[0]} restored crop(s) at {size}x{size} need {needed / 2**30:.1f} GiB, but only "
+            f"{free_bytes / 2**30:.1f} GiB is free. Keep the restored crops at their input size (output_size "
+            "'input') with smaller crops, restore fewer faces, or restore in one pass (the one-node restore holds "
+            "one frame's crops at a time)"
+        )
+    out = torch.zeros((crops.shape[0], size, size, 3), dtype=torch.float32)
+    todo = (crops.flatten(1).amax(dim=1) > 0).nonzero().flatten()
+    if none_found:
+        todo = todo[:0]
+    if len(todo):
+        restore = bind_restore(len(todo))
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            out[part] = resize_crops(restore(crops[part], on_face or (lambda: None)), size)
+    return out, len(todo)
 
 
 def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None) -> torch.Tensor:
