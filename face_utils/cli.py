@@ -1,6 +1,8 @@
-"""Command line: restore every face in image files or folders, through the same pipeline as the ComfyUI nodes.
+"""Command line: restore every face in image files, folders, videos and frame sequences, through the same
+pipeline as the ComfyUI nodes.
 
-Run it with the script at the pack's root: `python restore_faces.py --input photo.jpg --output out/`.
+Run it with the script at the pack's root: `python restore_faces.py --input photo.jpg --output out/`. Videos and
+`--sequence` folders go through `frame_jobs` (faces tracked and smoothed over all frames, as in the nodes).
 """
 
 from __future__ import annotations
@@ -9,15 +11,11 @@ import argparse
 import dataclasses
 import logging
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from . import pipeline
-from .conversion import frames_to_image
 from . import (
     DETECTORS,
     KNOWN_WEIGHTS,
@@ -32,22 +30,24 @@ from . import (
 from ..gpen_arch import PRECISIONS, GpenRunner, MissingDependencyError, UnsupportedCheckpointError, check_strength
 from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models, preferred_model
 from ..gpen_arch.runner import DEFAULT_STRENGTH, CropShapeError
-from .image_files import IMAGE_SUFFIXES, ImageFileError, output_problem, read_image, write_image
+from . import frame_jobs, pipeline
+from .cli_jobs import CommandLineError, Job, plan_all
+from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
+from .conversion import frames_to_image
+from .image_files import ImageFileError, read_image, write_image
+from .progress import ProgressLine
+from .tracking import DEFAULT_MAX_GAP
+from .video_files import VIDEO_SUFFIXES, VideoFileError, import_av
 from .weights import DETECTION_FOLDER, folder_with_file
 
 logger = logging.getLogger(__name__)
 
 PACK_DIR = Path(__file__).resolve().parents[1]  # the pack's folder: custom_nodes/<pack> inside a ComfyUI
-DEFAULT_OUTPUT_SUFFIX = ".png"  # lossless, so restoring never adds compression artefacts
 
 
 # What the command line says where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
 MODEL_ADVICE = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N counted from 0) or mps"
-
-
-class CommandLineError(Exception):
-    """A problem the user can fix (missing model, bad path); printed without a traceback."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,16 +71,31 @@ def model_roots(script_dir: Path) -> list[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restore_faces.py",
-        description="Restore every face in images with GPEN (the same pipeline as the ComfyUI nodes). The face "
-        "size (256, 512, 1024 or 2048) is read from the model's weights, never from its file name.",
-        epilog="Example: python restore_faces.py --input photos/ --output restored/ "
-        "--model models/facerestore_models/GPEN-BFR-2048.pth",
+        description="Restore every face in images and videos with GPEN (the same pipeline as the ComfyUI nodes). "
+        "The face size (256, 512, 1024 or 2048) is read from the model's weights, never from its file name.",
+        epilog="Examples: python restore_faces.py --input photos/ --output restored/ "
+        "--model models/facerestore_models/GPEN-BFR-2048.pth; python restore_faces.py --input clip.mp4 "
+        "--output restored/ --faces-json faces.json",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--input", "-i", nargs="+", required=True, type=Path,
-                        help="image files and/or folders (searched recursively for images)")
+                        help=f"image files, video files ({', '.join(VIDEO_SUFFIXES)}; needs PyAV: pip install av) "
+                        "and/or folders (searched recursively for images)")
     parser.add_argument("--output", "-o", type=Path, default=Path("restored"),
-                        help="output folder; a file name if there is exactly one input image")
+                        help="output folder (a video is written there as <name>.mp4); a file name if there is "
+                        "exactly one input image or video")
+    parser.add_argument("--sequence", action="store_true",
+                        help="the one --input folder holds the frames of one video (played in name order, frame2 "
+                        "before frame10): faces are tracked and smoothed over them as in a video file")
+    parser.add_argument("--faces-json", type=Path, metavar="PATH",
+                        help="also write the faces found to this JSON file: one entry per frame (an image is frame "
+                        "0) with each face's track id, score, box, the 5 landmarks alignment used and the "
+                        "image-to-crop affine")
+    parser.add_argument("--no-smoothing", action="store_true",
+                        help="videos and --sequence: align each frame on its own landmarks (no temporal smoothing)")
+    parser.add_argument("--max-gap", type=int, default=DEFAULT_MAX_GAP,
+                        help="videos and --sequence: frames a face may go undetected and keep its track (the gap "
+                        "is filled in)")
     parser.add_argument("--model", "-m", type=Path,
                         help="GPEN weights (.pth/.pt/.safetensors/.onnx; the size is read from the weights); "
                         "default: the largest GPEN found in ./models/facerestore_models, the ComfyUI this pack is "
@@ -112,12 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass(frozen=True)
-class Job:
-    source: Path
-    target: Path
-
-
 def main(argv: Sequence[str] | None = None, *, script_dir: Path | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 1 some images failed, 2 usage or setup error)."""
     args = build_parser().parse_args(argv)
@@ -137,14 +146,16 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         # The model's size replaces the crop size once it is loaded; every other setting is checked now.
         detect_settings = pipeline.DetectSettings(
             template=args.template, score_threshold=args.threshold, order=args.order, index=args.face_index,
-            max_faces=args.max_faces,
+            max_faces=args.max_faces, smoothing=0.0 if args.no_smoothing else 1.0, max_gap=args.max_gap,
         )
         paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
                                        strength=1.0, color_correction=not args.no_color_correction)
     except ValueError as exc:
         raise CommandLineError(_with_option_names(str(exc))) from exc
     device = resolve_device(args.device)
-    jobs = plan_jobs(args.input, args.output)
+    jobs, sequences = plan_all(args)
+    if any(isinstance(job, VideoJob) for job in sequences):
+        import_av()  # a missing PyAV is a setup error, found before anything is loaded
     roots = model_roots(script_dir)
     model_path = args.model or default_model(roots)
     check_model_path(model_path)
@@ -179,6 +190,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         if args.mask_shape == "parsing":
             parser = load_face_parser(args.detector_dir or default_detector_dir(roots, model_path, "parsenet"),
                                       device=device)
+        found: list[dict] = []  # the --faces-json entries
         for job in jobs:
             try:
                 image, depth = read_image(job.source)
@@ -190,23 +202,67 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
             except (ImageFileError, pipeline.FaceInputError) as exc:
                 failures.append(_failure(job, exc))
             else:
+                found += faces_entries(faces, [job.source])
                 count = len(faces)
                 progress.report(f"{job.target}: {count} face{'s' if count != 1 else ''} restored" if count else
                                 f"{job.target}: no face found, written unchanged")
             progress.image_done()
+
+        def restore_counted(crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
+            def face_done() -> None:
+                on_face()
+                progress.face()
+
+            return restore(crops, face_done)
+
+        def run_frames(frames: pipeline.FrameSource, on_frame: pipeline.FrameSink) -> pipeline.FaceSet:
+            progress.begin(len(frames), "frames")
+            return pipeline.restore_frames(frames, detector, restore_counted, detect_settings, paste_settings,
+                                           on_frame, parser=parser, on_progress=progress.steps)
+
+        for job in sequences:
+            try:
+                found += _restore_frames_job(job, run_frames, progress)
+            except (ImageFileError, VideoFileError, pipeline.FaceInputError) as exc:
+                failures.append(str(exc))
+        if args.faces_json is not None:
+            try:
+                write_faces_json(args.faces_json, found)
+            except ImageFileError as exc:
+                failures.append(str(exc))
+            else:
+                progress.report(f"{args.faces_json}: the faces of {len(found)} frame(s) recorded")
     progress.finish()
     if failures:
-        print(f"error: {len(failures)} of {len(jobs)} image(s) could not be restored; the others were written:",
-              file=sys.stderr)
+        noun = "input(s)" if sequences else "image(s)"
+        print(f"error: {len(failures)} of {len(jobs) + len(sequences)} {noun} could not be restored; the others were "
+              "written:", file=sys.stderr)
         for failure in failures:
             print(f"  {failure}", file=sys.stderr)
         return 1
     return 0
 
 
+def _restore_frames_job(job: VideoJob | SequenceJob, run_frames: Callable[..., pipeline.FaceSet],
+                        progress: ProgressLine) -> list[dict]:
+    """Restore a video or a --sequence folder, report it, and return its --faces-json entries."""
+    if isinstance(job, VideoJob):
+        faces, audio = frame_jobs.restore_video(job, run_frames, progress.image_done)
+        where, images, sound = job.target, None, f"; {audio}"
+    else:
+        faces = frame_jobs.restore_sequence(job, run_frames, progress.image_done)
+        where, images, sound = job.output, job.frames, ""
+    frames = faces.frame_count
+    with_faces = len(faces.positions_by_frame())
+    progress.report(f"{where}: {len(faces)} face(s) restored in {with_faces} of {frames} frame(s){sound}"
+                    if len(faces) else f"{where}: no face found in its {frames} frame(s), written unchanged{sound}")
+    return faces_entries(faces, images)
+
+
 # The settings' own names in their checks' messages, and the options that set them.
 OPTION_NAMES = {"score_threshold": "--threshold", "Face index": "--face-index", "max_faces": "--max-faces",
-                "strength": "--strength", "erosion": "--erosion", "feather": "--feather"}
+                "strength": "--strength", "erosion": "--erosion", "feather": "--feather",
+                "max_gap": "--max-gap"}
 
 
 def _with_option_names(message: str) -> str:
@@ -271,50 +327,6 @@ def check_model_path(path: Path) -> None:
                            f"{', '.join(GPEN_EXTENSIONS)} file. {DOWNLOAD_HINT}")
 
 
-def plan_jobs(inputs: Sequence[Path], output: Path) -> list[Job]:
-    """Input images and where each result goes. Folders are searched recursively and mirrored under `output`;
-    results are PNG unless `output` is a single file name with an image extension."""
-    sources: list[tuple[Path, Path]] = []  # (image, path relative to the output folder)
-    for item in inputs:
-        if item.is_dir():
-            images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not images:
-                raise CommandLineError(f"--input {item}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            sources.extend((p, p.relative_to(item)) for p in images)
-        elif item.is_file():
-            if item.suffix.lower() not in IMAGE_SUFFIXES:
-                raise CommandLineError(f"--input {item}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
-            sources.append((item, Path(item.name)))
-        else:
-            raise CommandLineError(f"--input {item}: no such file or folder")
-    if len(sources) == 1 and output.suffix.lower() in IMAGE_SUFFIXES:
-        jobs = [Job(sources[0][0], output)]
-        check_outputs(jobs, output)
-        return jobs
-    if output.suffix.lower() in IMAGE_SUFFIXES:
-        raise CommandLineError(
-            f"--output {output} is a file name but there are {len(sources)} input images; give a folder instead"
-        )
-    jobs = [Job(source, (output / rel).with_suffix(DEFAULT_OUTPUT_SUFFIX)) for source, rel in sources]
-    targets = [job.target for job in jobs]
-    clashes = sorted({str(t) for t in targets if targets.count(t) > 1})
-    if clashes:
-        raise CommandLineError(f"Several inputs would be written to the same output: {', '.join(clashes)}; "
-                               "rename them or run them separately")
-    check_outputs(jobs, output)
-    return jobs
-
-
-def check_outputs(jobs: Sequence[Job], output: Path) -> None:
-    """Refuse, before any work, outputs that cannot be written: a target that is a folder, a file where a folder
-    must be created, a folder without write permission."""
-    for job in jobs:
-        problem = output_problem(job.target)
-        if problem is not None:
-            raise CommandLineError(f"--output {output}: {problem}; remove what is in the way or choose another "
-                                   "--output")
-
-
 def default_model(roots: Sequence[Path]) -> Path:
     """The preferred GPEN file (GPEN-BFR-2048 first) in the `facerestore_models` folder of `roots`."""
     folders = [root / RESTORE_FOLDER for root in roots]
@@ -337,44 +349,3 @@ def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) 
     if model_folder.name == RESTORE_FOLDER:
         candidates.insert(0, model_folder.parent / DETECTION_FOLDER)
     return folder_with_file(KNOWN_WEIGHTS[weights].filename, candidates) or candidates[0]
-
-
-class ProgressLine:
-    """A one-line progress bar on stderr (images done, faces restored, elapsed time)."""
-
-    WIDTH = 30
-
-    def __init__(self, images: int) -> None:
-        self.images, self.done, self.faces = images, 0, 0
-        self.start = time.monotonic()
-        self.interactive = sys.stderr.isatty()
-
-    def face(self) -> None:
-        self.faces += 1
-        self._draw()
-
-    def report(self, line: str) -> None:
-        """A result line (what was written, how many faces) on stdout, above the bar."""
-        if self.interactive:
-            sys.stderr.write("\r\x1b[K")  # clear the bar's line; the next draw puts it back below
-            sys.stderr.flush()
-        print(line, flush=True)
-
-    def image_done(self) -> None:
-        self.done += 1
-        self._draw(force=True)
-
-    def finish(self) -> None:
-        if self.interactive:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    def _draw(self, force: bool = False) -> None:
-        filled = round(self.WIDTH * self.done / max(self.images, 1))
-        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.images} images, "
-                f"{self.faces} faces, {time.monotonic() - self.start:.1f}s")
-        if self.interactive:
-            sys.stderr.write("\r" + line)
-        elif force:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
