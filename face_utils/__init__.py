@@ -12,8 +12,8 @@ Conventions
 
 Records (`face_utils.records`)
     FaceRecord(frame_index, image_size_hw, box_xyxy, score, landmarks_xy, crop_size=None, template=None,
-        affine_crop_from_image=None, frame_fingerprint=None, track_id=None): frozen; landmarks in `LANDMARK_NAMES` order (left eye, right eye, nose, left
-        and right mouth corner, left/right as seen in the image). Methods: to_dict(), from_dict(d), to_json(),
+        affine_crop_from_image=None, frame_fingerprint=None, track_id=None): frozen; landmarks in `LANDMARK_NAMES`
+        order (left eye, right eye, nose, left and right mouth corner, left/right as seen in the image). Methods: to_dict(), from_dict(d), to_json(),
         from_json(s), with_frame(index); properties affine (2x3 float64, raises `FaceRecordError` if unaligned),
         is_aligned, box_size.
 
@@ -35,10 +35,11 @@ Detection (`face_utils.detection`)
         YuNet through cv2.FaceDetectorYN on the CPU. Bad name -> ValueError listing DETECTORS; weights missing and
         not downloadable -> WeightsUnavailableError naming the other detectors (and which are already in
         model_dir); a damaged or foreign weights file -> gpen_arch's UnsupportedCheckpointError (a ValueError).
-    FaceDetector.detect(image, *, frame_index=0, score_threshold=0.9, detection_size=1024, min_face_size=0)
+    FaceDetector.detect(image, *, frame_index=0, score_threshold=0.9, detection_size=0, min_face_size=0)
         -> list[FaceRecord], best score first, unaligned. FaceDetector.to(device) moves a RetinaFace detector
-        (facexlib's own device attributes included) for offloading. detection_size is the long side of the downscaled copy
-        the network sees (0 = full resolution); coordinates are mapped back to `image`. No face -> [] and an
+        (facexlib's own device attributes included) for offloading. detection_size is the long side of the copy
+        the network sees (only ever shrunk); 0 = full resolution, in overlapping tiles plus a quarter-scale pass
+        above 1920x1088, detections merged; coordinates are mapped back to `image`. No face -> [] and an
         info log line.
     ORDERS = ("largest", "left_to_right", "top_to_bottom", "best_score")
     select_faces(faces, *, order="largest", index="all", max_faces=0) -> list[FaceRecord]: index is "all" (or
@@ -87,8 +88,8 @@ Pipeline (`face_utils.pipeline`; the nodes and the command line share it)
 Face parsing (`face_utils.parsing`)
     load_face_parser(model_dir, *, device="cpu") -> FaceParser (facexlib's ParseNet,
         parsing_parsenet.pth, resolved like detector weights).
-    FaceParser.to(device); FaceParser.face_mask(crop, *, size=None) -> float32 [S, S] in 0..1, the probability of the face classes
-        (`FACE_CLASSES`: skin, brows, eyes, glasses, ears, earrings, nose, mouth, lips, hair).
+    FaceParser.to(device); FaceParser.face_mask(crop, *, size=None) -> float32 [S, S] in 0..1, the probability of
+        the face classes (`FACE_CLASSES`: skin, brows, eyes, glasses, ears, earrings, nose, mouth, lips, hair).
 
 Errors
     ImageFormatError (bad image array), FaceRecordError, AlignmentError, CanvasMismatchError are ValueErrors;

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-gap", type=int, default=DEFAULT_MAX_GAP,
                         help="videos and --sequence: frames a face may go undetected and keep its track (the gap "
                         "is filled in)")
+    parser.add_argument("--detection-size", type=int, default=0,
+                        help="long side in pixels of the copy the detector sees; 0 = full resolution, in tiles "
+                        "above 1920x1088 (finds small faces); 1024 is faster on large images")
     parser.add_argument("--model", "-m", type=Path,
                         help="GPEN weights (.pth/.pt/.safetensors/.onnx; the size is read from the weights); "
                         "default: the largest GPEN found in ./models/facerestore_models, the ComfyUI this pack is "
@@ -115,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image (0 = all)")
     parser.add_argument("--template", choices=TEMPLATES, default="gpen", help="alignment template")
     parser.add_argument("--mask-shape", choices=MASK_SHAPES, default="ellipse", help="paste mask shape")
-    parser.add_argument("--erosion", type=float, default=PasteSettings.erosion, help="mask erosion, fraction of the crop")
-    parser.add_argument("--feather", type=float, default=PasteSettings.feather, help="mask feather, fraction of the crop")
+    parser.add_argument("--erosion", type=float, default=PasteSettings.erosion,
+                        help="mask erosion, fraction of the crop")
+    parser.add_argument("--feather", type=float, default=PasteSettings.feather,
+                        help="mask feather, fraction of the crop")
     parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_NAMES}; auto is CUDA if available, else cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -147,6 +152,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         detect_settings = pipeline.DetectSettings(
             template=args.template, score_threshold=args.threshold, order=args.order, index=args.face_index,
             max_faces=args.max_faces, smoothing=0.0 if args.no_smoothing else 1.0, max_gap=args.max_gap,
+            detection_size=args.detection_size,
         )
         paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
                                        strength=1.0, color_correction=not args.no_color_correction)
@@ -262,7 +268,7 @@ def _restore_frames_job(job: VideoJob | SequenceJob, run_frames: Callable[..., p
 # The settings' own names in their checks' messages, and the options that set them.
 OPTION_NAMES = {"score_threshold": "--threshold", "Face index": "--face-index", "max_faces": "--max-faces",
                 "strength": "--strength", "erosion": "--erosion", "feather": "--feather",
-                "max_gap": "--max-gap"}
+                "max_gap": "--max-gap", "detection_size": "--detection-size"}
 
 
 def _with_option_names(message: str) -> str:

@@ -72,7 +72,8 @@ class DetectSettings:
     `order` numbers the tracks, `index` picks them by track id and `max_faces` keeps the first of them, once per
     shot, so a person is restored in every frame or in none; `min_face_size` (frame pixels, 0 keeps every face)
     applies to a track's median size. `smoothing` scales the temporal smoothing of landmarks (0 = off) and
-    `max_gap` is the number of missed frames a track survives, filled by interpolation.
+    `max_gap` is the number of missed frames a track survives, filled by interpolation. `detection_size` is the
+    long side of the copy the detector sees (0 = full resolution, tiled when large; see `FaceDetector.detect`).
     """
 
     crop_size: int = 512
@@ -84,6 +85,7 @@ class DetectSettings:
     min_face_size: float = 0.0
     smoothing: float = 1.0
     max_gap: int = DEFAULT_MAX_GAP
+    detection_size: int = 0
 
     def __post_init__(self) -> None:
         parse_index_spec(self.index)
@@ -99,6 +101,9 @@ class DetectSettings:
             raise ValueError(f"smoothing must be between 0 (off) and 4, got {self.smoothing}")
         if self.max_gap < 0:
             raise ValueError(f"max_gap must be 0 (no gap filling) or more frames, got {self.max_gap}")
+        if self.detection_size < 0:
+            raise ValueError(f"detection_size must be 0 (full resolution) or a long side in pixels, got "
+                             f"{self.detection_size}")
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,8 @@ def detect_faces(
     found: list[list[FaceRecord]] = []
     fingerprints: list[str] = []
     for frame_index, frame in _frames(image, check_interrupted):
-        found.append(detector.detect(frame, frame_index=frame_index, score_threshold=settings.score_threshold))
+        found.append(detector.detect(frame, frame_index=frame_index, score_threshold=settings.score_threshold,
+                                     detection_size=settings.detection_size))
         fingerprints.append(picture_fingerprint(frame))
         if on_frame is not None:
             on_frame()

@@ -477,3 +477,14 @@ def test_restored_crops_that_would_not_fit_in_free_memory_are_refused(nodes, com
                         lambda dev=None, torch_free_too=False: (1000, 1000) if torch_free_too else 1000)
     with pytest.raises(ValueError, match=r"Restore faces \(GPEN\): 2 restored crop\(s\) at 64x64 .*output_size"):
         run(nodes.GPENRestoreFaces, model, torch.rand(2, 32, 32, 3), 1.0)
+
+
+@pytest.mark.parametrize("size", [0, 1024])
+def test_detection_size_reaches_the_detector(nodes, model, detector, grace, monkeypatch, size):
+    seen = []
+    real = type(detector).detect
+    monkeypatch.setattr(type(detector), "detect",
+                        lambda self, image, **kw: seen.append(kw["detection_size"]) or real(self, image, **kw))
+    _crops, faces, _ = detect(nodes, image_batch(grace), detector, model, detection_size=size)
+    one_node(nodes, image_batch(grace), model, detector, detection_size=size)
+    assert seen == [size, size] and len(faces) == 1

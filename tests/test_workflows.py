@@ -491,8 +491,8 @@ def test_restore_photo_queued_from_the_page_runs(page: FrontendPage, comfy_serve
 # The workflow files as the pack first shipped them (commit 8e28538): what users saved and share.
 SAVED = Path(__file__).parent / "fixtures" / "saved_workflows"
 # Inputs added since then, all optional with these defaults (so a saved file means what it meant).
-ADDED_INPUTS = {"GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5},
-                "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5},
+ADDED_INPUTS = {"GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0},
+                "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0},
                 "GPENRestoreFaces": {"output_size": "model"}}
 
 
