@@ -299,7 +299,8 @@ class GPENDetectFaces(io.ComfyNode):
             # ComfyUI's image nodes (VAE Encode, upscalers) fail on an empty batch: one black crop flows to them,
             # which the restore node recognises and never runs GPEN on.
             crops = torch.zeros((1, crop_size, crop_size, image.shape[-1]), dtype=torch.float32)
-        preview = frames_to_image([draw_faces(frame_to_numpy(image, i), faces.in_frame(i))
+        positions = faces.positions_by_frame()
+        preview = frames_to_image([draw_faces(frame_to_numpy(image, i), [faces.faces[p] for p in positions.get(i, [])])
                                    for i in range(image.shape[0])])
         device = mm.intermediate_device()
         return io.NodeOutput(crops.to(device), faces, preview.to(device))

@@ -130,9 +130,6 @@ class FaceSet:
     def __iter__(self) -> Iterator[FaceRecord]:
         return iter(self.faces)
 
-    def in_frame(self, frame_index: int) -> list[FaceRecord]:
-        return [face for face in self.faces if face.frame_index == frame_index]
-
     def positions_by_frame(self) -> dict[int, list[int]]:
         """frame index -> positions in `faces` (and so in the crop batch) of that frame's faces."""
         positions: dict[int, list[int]] = {}

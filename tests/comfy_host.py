@@ -14,7 +14,6 @@ library talks HTTP (urllib) and websocket (a minimal client below) so the harnes
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import shutil
@@ -33,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nodes_support import save_gpen
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "comfyui-gpen-restore"  # the folder name users clone into (README), so ComfyUI's module name
 # Our pack imported in-process: as a package under this name, never as top-level `nodes` (ComfyUI's own module).
-PACK_IMPORT_NAME = "comfyui_gpen_restore"
 DETECTOR_FILE = "detection_mobilenet0.25_Final.pth"  # the one real detector the fixtures ship
 CHROMIUM = Path("/usr/lib/chromium/chromium-headless-shell")  # Debian's chromium-headless-shell (tests/run.sh)
 CHROMIUM_ARGS = [
@@ -87,26 +86,6 @@ def import_comfy() -> types.SimpleNamespace:
         model_management=comfy.model_management, model_patcher=comfy.model_patcher, utils=comfy.utils,
         folder_paths=folder_paths, io=io,
     )
-
-
-def import_pack(package_name: str = PACK_IMPORT_NAME) -> types.ModuleType:
-    """The repository imported as ComfyUI imports a custom node folder: a package (its relative imports work),
-    registered under `package_name`, once per process (the command line's loader in restore_faces.py uses the
-    same recipe and name, so whichever runs first wins and both see one package). Importing it does nothing else;
-    ComfyUI's side starts at its `comfy_entrypoint()`, which needs `import_comfy()` first."""
-    if package_name in sys.modules:
-        return sys.modules[package_name]
-    spec = importlib.util.spec_from_file_location(
-        package_name, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[package_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[package_name]
-        raise
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -327,19 +306,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def save_small_gpens(files: list[tuple[Path, int, int]]) -> None:
-    """Write small random GPEN checkpoints, one per (path, size in px, seed); the pack reads the size from the
-    weights, so any file name works. The variant is the node tests' small one: a fraction of a second per face."""
-    import torch
-
-    gpen_arch = importlib.import_module(f"{import_pack().__name__}.gpen_arch")
-    for path, size, seed in files:
-        torch.manual_seed(seed)
-        model = gpen_arch.GPEN(size=size, style_dim=64, n_mlp=2, channel_multiplier=1, narrow=0.125)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-
-
 def prepare_base_dir(base: Path, fixtures: Path) -> None:
     """ComfyUI's --base-directory: the pack under custom_nodes, test-made weights, the fixture detector, and
     user settings that keep the frontend's first-run dialogs (tutorial, templates) out of the way."""
@@ -347,7 +313,9 @@ def prepare_base_dir(base: Path, fixtures: Path) -> None:
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
     restore = base / "models" / "facerestore_models"
     # The workflows name GPEN-BFR-2048.pth; a small 64-px GPEN under that name keeps them fast.
-    save_small_gpens([(restore / "GPEN-BFR-64.pth", 64, 0), (restore / "GPEN-BFR-2048.pth", 64, 1)])
+    # Small random GPENs (the pack reads the size from the weights, so any file name works).
+    save_gpen(restore / "GPEN-BFR-64.pth", 64, seed=0)
+    save_gpen(restore / "GPEN-BFR-2048.pth", 64, seed=1)
     (base / "models" / "facedetection").mkdir(parents=True)
     shutil.copy(fixtures / "facedetection" / DETECTOR_FILE, base / "models" / "facedetection" / DETECTOR_FILE)
     (base / "input").mkdir()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from nodes_support import read_rgb
 
 SOURCE_IMAGES = ("grace_hopper.jpg", "astronaut.png")
 # Side of the square cut around a face, in face sizes: forehead, hair and chin come along, as in a real crowd.
@@ -46,13 +47,6 @@ class Crowd:
     image: np.ndarray
     boxes_xyxy: np.ndarray
     landmarks_xy: np.ndarray
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as float32 [H, W, 3] RGB in 0..1 (OpenCV reads BGR; converted here only)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert bgr is not None, path
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
 def face_sources(detector, images_dir: Path) -> list[FaceSource]:

@@ -14,11 +14,12 @@ frequency (radial frequency > 0.25 cycles per pixel), see `high_frequency_rms`.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from nodes_support import read_rgb
+
 from comfyui_gpen_restore.face_utils import (
     FaceRecord,
     PasteSettings,
@@ -41,11 +42,6 @@ NOISE_SIGMA = 0.05
 HIGH_FREQUENCY_CUTOFF = 0.25
 
 
-def load_rgb(fixtures_dir: Path, name: str) -> np.ndarray:
-    bgr = cv2.imread(str(fixtures_dir / "images" / name), cv2.IMREAD_COLOR)
-    return bgr[:, :, ::-1].astype(np.float32) / 255.0
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, fixtures_dir) -> dict[str, tuple[np.ndarray, FaceRecord]]:
     """Each real photo with its one face found by the fixture detector."""
@@ -54,7 +50,7 @@ def photos(tmp_path_factory, fixtures_dir) -> dict[str, tuple[np.ndarray, FaceRe
     detector = load_detector("retinaface_mobile0.25", folder)
     result = {}
     for name in ("grace_hopper.jpg", "astronaut.png"):
-        image = load_rgb(fixtures_dir, name)
+        image = read_rgb(fixtures_dir / "images" / name)
         (face,) = detector.detect(image)
         result[name] = image, face
     return result
