@@ -24,15 +24,39 @@ import torch
 # alias, not a frozen copy), so importing it would pin nothing and only add a name to keep in step.
 from comfy_api.latest import ComfyExtension, io
 
-from .face_utils import DETECTORS, KNOWN_WEIGHTS, MASK_SHAPES, ORDERS, TEMPLATES, FaceDetector, FaceParser
-from .face_utils import PasteSettings, load_detector
+from .face_utils import (
+    DETECTORS,
+    KNOWN_WEIGHTS,
+    MASK_SHAPES,
+    ORDERS,
+    TEMPLATES,
+    FaceDetector,
+    FaceParser,
+    PasteSettings,
+    load_detector,
+)
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
 from .face_utils.parsing import FaceParserCache
-from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, paste_back, restore_crop_batch
-from .face_utils.pipeline import restore_image, warp_crops
+from .face_utils.pipeline import (
+    DetectSettings,
+    FaceSet,
+    RestoreFn,
+    detect_faces,
+    paste_back,
+    pixel_device,
+    restore_crop_batch,
+    restore_image,
+    warp_crops,
+)
 from .face_utils.preview import draw_faces
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
-from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
+from .gpen_arch.files import (
+    DOWNLOAD_HINT,
+    GPEN_EXTENSIONS,
+    RESTORE_FOLDER,
+    models_by_name,
+    preferred_model,
+)
 from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner
 
 logger = logging.getLogger(__name__)
@@ -294,7 +318,8 @@ class GPENDetectFaces(io.ComfyNode):
                                  check_interrupted=mm.throw_exception_if_processing_interrupted)
         _log_faces(cls, faces, "paste-back will pass the image through unchanged")
         if len(faces):
-            crops = warp_crops(image, faces, free_bytes=mm.get_free_memory(mm.intermediate_device()))
+            crops = warp_crops(image, faces, free_bytes=mm.get_free_memory(mm.intermediate_device()),
+                               device=pixel_device(mm.get_torch_device()))
         else:
             # ComfyUI's image nodes (VAE Encode, upscalers) fail on an empty batch: one black crop flows to them,
             # which the restore node recognises and never runs GPEN on.
@@ -386,7 +411,8 @@ class GPENPasteFaces(io.ComfyNode):
             face_crops = face_crops[:0]
         with _parser(mask_shape if len(faces) else None) as parser:
             out, mask = paste_back(image, face_crops, faces, settings, parser=parser,
-                                   check_interrupted=mm.throw_exception_if_processing_interrupted)
+                                   check_interrupted=mm.throw_exception_if_processing_interrupted,
+                                   device=pixel_device(mm.get_torch_device()))
         device = mm.intermediate_device()
         return io.NodeOutput(out.to(device), mask.to(device))
 
@@ -427,7 +453,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
             out, mask, faces = restore_image(
                 image, face_detector, restore, detect_settings, paste_settings, parser=parser,
                 on_progress=lambda done, total: progress.update_absolute(done, total),
-                check_interrupted=mm.throw_exception_if_processing_interrupted,
+                check_interrupted=mm.throw_exception_if_processing_interrupted, device=pixel_device(mm.get_torch_device()),
             )
         _log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()
@@ -475,6 +501,7 @@ def _bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> Restor
 
     def restore(crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
         return runner.restore(crops, device=device, strength=strength, batch_size=batch_size, on_face=on_face,
+                              output_device=crops.device,
                               check_interrupted=mm.throw_exception_if_processing_interrupted)
 
     return restore

@@ -148,7 +148,7 @@ def warp_face(
     source = image
     if antialias and scale < SHRINK_THRESHOLD:
         # Filter only the region under the crop (plus the filter's reach), bordered as asked.
-        x0, y0, x1, y1 = _source_rectangle(matrix, size, margin=prefilter_support(1.0 / scale))
+        x0, y0, x1, y1 = source_rectangle(matrix, size, margin=prefilter_support(1.0 / scale))
         region = crop_region(image, x0, y0, x1, y1, border_mode)
         source, filtered_from_region = antialias_for_shrink(region, 1.0 / scale)
         filtered_from_image = compose_affine(filtered_from_region, translate_affine(-x0, -y0))
@@ -158,7 +158,7 @@ def warp_face(
     return np.clip(ensure_hwc(crop), 0.0, 1.0, dtype=np.float32)
 
 
-def _source_rectangle(crop_from_image: np.ndarray, size: int, margin: float) -> tuple[int, int, int, int]:
+def source_rectangle(crop_from_image: np.ndarray, size: int, margin: float) -> tuple[int, int, int, int]:
     """Integer (x0, y0, x1, y1) image rectangle under a `size` crop, widened by `margin` pixels."""
     image_from_crop = cv2.invertAffineTransform(crop_from_image)
     corners = np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]])

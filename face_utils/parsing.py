@@ -58,18 +58,26 @@ class FaceParser:
         rgb = to_rgb(crop)
         interpolation = cv2.INTER_AREA if rgb.shape[0] > PARSE_SIZE else cv2.INTER_LINEAR
         rgb = cv2.resize(rgb, (PARSE_SIZE, PARSE_SIZE), interpolation=interpolation)
-        dtype = _first_tensor(self.net).dtype
         batch = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-        batch = (batch.to(self.device, dtype) - 0.5) / 0.5
-        with torch.inference_mode():
-            logits = self.net(batch)[0]
-            probabilities = torch.softmax(logits.float(), dim=1)[0]
-            face = probabilities[list(FACE_CLASSES)].sum(dim=0)
-        mask = face.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+        mask = self.face_probability(batch).cpu().numpy().astype(np.float32)
         if side != PARSE_SIZE:
             interpolation = cv2.INTER_AREA if side < PARSE_SIZE else cv2.INTER_LINEAR
             mask = cv2.resize(mask, (side, side), interpolation=interpolation)
         return mask
+
+
+    def face_probability(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The face mask of an RGB batch of one `[1, 3, S, S]` in 0..1 on any device, resized to PARSE_SIZE there if
+        it is not (antialiased bilinear): float32 `[PARSE_SIZE, PARSE_SIZE]` in 0..1 on the parser's device."""
+        batch = rgb.to(self.device, torch.float32)
+        if batch.shape[-1] != PARSE_SIZE:
+            batch = torch.nn.functional.interpolate(batch, size=(PARSE_SIZE, PARSE_SIZE), mode="bilinear",
+                                                    align_corners=False, antialias=True)
+        batch = (batch.to(_first_tensor(self.net).dtype) - 0.5) / 0.5
+        with torch.inference_mode():
+            logits = self.net(batch)[0]
+            probabilities = torch.softmax(logits.float(), dim=1)[0]
+            return probabilities[list(FACE_CLASSES)].sum(dim=0).clamp(0.0, 1.0)
 
 
 def _first_tensor(module: torch.nn.Module) -> torch.Tensor:

@@ -21,7 +21,13 @@ from .colour import ColourStats, colour_apply, colour_stats
 from .images import check_image, colour_channels, convert_channels, ensure_hwc
 from .parsing import PARSE_SIZE, FaceParser
 from .records import FaceRecord
-from .resample import affine_scale, antialias_for_shrink, compose_affine, scale_affine, translate_affine
+from .resample import (
+    affine_scale,
+    antialias_for_shrink,
+    compose_affine,
+    scale_affine,
+    translate_affine,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +195,28 @@ def crop_from_canvas_affine(face: FaceRecord, crop_side: int, canvas_hw: tuple[i
     return compose_affine(scale_affine(crop_scale, crop_scale), compose_affine(face.affine, frame_from_canvas))
 
 
+def face_region(
+    face: FaceRecord, crop_side: int, canvas_hw: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The canvas rectangle (y0, y1, x0, x1) a `crop_side` crop of `face` covers, clipped to the canvas, and the
+    2x3 matrix from that rectangle's pixels to the crop's; None when the face lies outside the canvas. Nothing
+    outside the rectangle is read or written by paste-back."""
+    canvas_h, canvas_w = canvas_hw
+    crop_from_canvas = crop_from_canvas_affine(face, crop_side, (canvas_h, canvas_w))
+    canvas_from_crop = cv2.invertAffineTransform(crop_from_canvas)
+    edge = crop_side - 0.5
+    corners = np.array([[-0.5, -0.5, 1.0], [edge, -0.5, 1.0], [-0.5, edge, 1.0], [edge, edge, 1.0]])
+    corners_xy = corners @ canvas_from_crop.T
+    x0 = max(math.floor(corners_xy[:, 0].min()), 0)
+    y0 = max(math.floor(corners_xy[:, 1].min()), 0)
+    x1 = min(math.ceil(corners_xy[:, 0].max()) + 1, canvas_w)
+    y1 = min(math.ceil(corners_xy[:, 1].max()) + 1, canvas_h)
+    if x1 <= x0 or y1 <= y0:
+        logger.info("Face at %s lies outside the canvas; nothing pasted", face.box_xyxy)
+        return None
+    return (y0, y1, x0, x1), compose_affine(crop_from_canvas, translate_affine(x0, y0))
+
+
 def face_mask_uv(u: np.ndarray, v: np.ndarray, shape: str, erosion: float, feather: float) -> np.ndarray:
     """Mask value at normalised crop coordinates (u, v in 0..1 across the crop, (0.5, 0.5) its centre) for the
     geometric shapes "ellipse" and "box": 1 deeper than erosion + feather inside the shape, easing to 0 at
@@ -218,22 +246,10 @@ def _prepare_one(
     side = crop.shape[0]
     if crop.shape[1] != side:
         raise ValueError(f"Restored crops must be square, got {crop.shape[1]}x{side} (w x h)")
-    canvas_h, canvas_w = original.shape[:2]
-    crop_from_canvas = crop_from_canvas_affine(face, side, (canvas_h, canvas_w))
-
-    # The canvas rectangle under the crop; nothing outside it is read or written.
-    canvas_from_crop = cv2.invertAffineTransform(crop_from_canvas)
-    edge = side - 0.5
-    corners = np.array([[-0.5, -0.5, 1.0], [edge, -0.5, 1.0], [-0.5, edge, 1.0], [edge, edge, 1.0]])
-    corners_xy = corners @ canvas_from_crop.T
-    x0 = max(math.floor(corners_xy[:, 0].min()), 0)
-    y0 = max(math.floor(corners_xy[:, 1].min()), 0)
-    x1 = min(math.ceil(corners_xy[:, 0].max()) + 1, canvas_w)
-    y1 = min(math.ceil(corners_xy[:, 1].max()) + 1, canvas_h)
-    if x1 <= x0 or y1 <= y0:
-        logger.info("Face at %s lies outside the canvas; nothing pasted", face.box_xyxy)
+    placed = face_region(face, side, original.shape[:2])
+    if placed is None:
         return None
-    crop_from_region = compose_affine(crop_from_canvas, translate_affine(x0, y0))
+    (y0, y1, x0, x1), crop_from_region = placed
     mask = _region_mask(crop, crop_from_region, (y1 - y0, x1 - x0), settings, parser)
     channels = colour_channels(original)
     restored = convert_channels(_warp_crop_to_region(crop, crop_from_region, (y1 - y0, x1 - x0), settings), channels)

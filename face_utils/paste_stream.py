@@ -17,9 +17,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
+from . import device_faces, paste
 from .colour import ColourStats
-from .paste import PasteSettings, PreparedFace, blend_faces, prepare_faces
+from .paste import PasteSettings, PreparedFace
 from .records import FaceRecord
 
 # Frames on each side of a frame whose colour statistics are averaged into it, and the Gaussian weight's sigma
@@ -36,6 +38,10 @@ class PasteStream:
     """Frames go in (`push`) in order, with their restored crops and faces; finished frames come out in order
     through `sink` once the frames after them are known (`finish` flushes the rest).
 
+    Frames and crops are numpy arrays (pasted with OpenCV) or tensors on one device (pasted there by
+    `device_faces`, each finished frame and its mask then brought to the CPU in one transfer); the sink always gets
+    numpy.
+
     `shots` are the half-open frame ranges of the batch's shots (see `pipeline.detect_faces`); with `smooth`
     False (or faces without a track id) every face keeps its own colour statistics, as a single photo does.
     """
@@ -51,8 +57,10 @@ class PasteStream:
         self._pending: deque[tuple[int, np.ndarray, list[PreparedFace | None]]] = deque()
         self._colours: dict[tuple[int, int], dict[int, ColourStats]] = {}  # (shot, track) -> frame -> colour
 
-    def push(self, index: int, frame: np.ndarray, crops: Sequence[np.ndarray], faces: Sequence[FaceRecord]) -> None:
-        prepared = prepare_faces(frame, crops, faces, self.settings, parser=self.parser) if faces else []
+    def push(self, index: int, frame: np.ndarray | torch.Tensor, crops: Sequence[np.ndarray] | Sequence[torch.Tensor],
+             faces: Sequence[FaceRecord]) -> None:
+        prepare = device_faces.prepare_faces if isinstance(frame, torch.Tensor) else paste.prepare_faces
+        prepared = prepare(frame, crops, faces, self.settings, parser=self.parser) if faces else []
         for face in prepared:
             key = self._key(face, index)
             if key is not None and face.colour is not None:
@@ -67,11 +75,16 @@ class PasteStream:
 
     def _flush(self) -> None:
         index, frame, prepared = self._pending.popleft()
+        on_device = isinstance(frame, torch.Tensor)
         if not prepared:
-            self.sink(index, frame, None)
+            self.sink(index, frame.cpu().numpy() if on_device else frame, None)
         else:
             colours = [self._smoothed(face, index) if face is not None else None for face in prepared]
-            result, mask = blend_faces(frame, prepared, self.settings, colours=colours)
+            blend = device_faces.blend_faces if on_device else paste.blend_faces
+            result, mask = blend(frame, prepared, self.settings, colours=colours)
+            if on_device:
+                both = torch.cat([result, mask[:, :, None]], dim=2).cpu().numpy()
+                result, mask = both[:, :, :-1], both[:, :, -1]
             self.sink(index, result, mask)
         # Statistics older than any frame still waiting can no longer be used.
         oldest = self._pending[0][0] if self._pending else index + 1
@@ -104,6 +117,7 @@ class PasteStream:
                 t += step
         weights = np.array([math.exp(-0.5 * ((t - index) / COLOUR_SIGMA_FRAMES) ** 2) for t in frames])
         weights /= weights.sum()
-        mean = sum(w * series[t].reference_mean for w, t in zip(weights, frames))
-        std = sum(w * series[t].reference_std for w, t in zip(weights, frames))
-        return dataclasses.replace(face.colour, reference_mean=np.asarray(mean), reference_std=np.asarray(std))
+        # Plain floats, so the statistics keep their type (numpy arrays, or tensors on the frames' device).
+        mean = sum(float(w) * series[t].reference_mean for w, t in zip(weights, frames))
+        std = sum(float(w) * series[t].reference_std for w, t in zip(weights, frames))
+        return dataclasses.replace(face.colour, reference_mean=mean, reference_std=std)

@@ -8,7 +8,10 @@ the whole batch (`detect_faces`, `warp_crops`, `paste_back`); `restore_frames` r
 frame on any `FrameSource` (an IMAGE batch, a video file), so a long video never holds more than a few frames and
 their crops.
 
-Callers own the model's placement and pass progress and interruption callbacks; results are CPU float32.
+Callers own the model's placement and pass progress and interruption callbacks; results are CPU float32. Given a
+`device` (callers choose it with `pixel_device`: a GPU, never the CPU), the pixel work (crop warps, masks, colour
+correction, blending) runs there on torch tensors (`device_faces`): each frame goes there once and comes back
+once, and faces never leave it in between. Without one it runs on numpy arrays through OpenCV, faster on a CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from ..gpen_arch.runner import resize_crops
+from . import device_faces
 from .alignment import TEMPLATES, align_face, warp_face
 from .conversion import frame_to_numpy, frames_to_image
 from .detection import FaceDetector, parse_index_spec
@@ -228,9 +232,12 @@ def restore_crop_batch(
     return out, len(todo)
 
 
-def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None) -> torch.Tensor:
-    """The aligned crops of `faces` cut from `image`: `[N, S, S, C]` float32 on the CPU, written into one
-    preallocated tensor. Raises `FaceInputError` before allocating when they would not fit in `free_bytes`."""
+def warp_crops(
+    image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None, device: torch.device | None = None
+) -> torch.Tensor:
+    """The aligned crops of `faces` cut from `image` (on `device` if given): `[N, S, S, C]` float32 on
+    the CPU, written into one preallocated tensor. Raises `FaceInputError` before allocating when they would not
+    fit in `free_bytes`."""
     check_faces_fit_image(image, faces)
     size, channels = faces.crop_size, image.shape[-1]
     needed = crop_bytes(len(faces), size, channels)
@@ -244,7 +251,8 @@ def warp_crops(image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = 
     crops = torch.empty((len(faces), size, size, channels), dtype=torch.float32)
     positions = faces.positions_by_frame()
     for frame_index, frame in _frames(image, None, only=sorted(positions)):
-        crops[positions[frame_index]] = _crop_frame(frame, [faces.faces[p] for p in positions[frame_index]])
+        frame_faces = [faces.faces[p] for p in positions[frame_index]]
+        crops[positions[frame_index]] = _crop_frame(_to_device(frame, device), frame_faces).cpu()
     return crops
 
 
@@ -256,9 +264,10 @@ def paste_back(
     *,
     parser: object | None = None,
     check_interrupted: CheckInterrupted | None = None,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste `crops` (`[N, S, S, C]`, one per face, same order) back into `image` (`[B, H, W, C]`: the frames the
-    faces were found in, or a uniformly scaled copy of them).
+    faces were found in, or a uniformly scaled copy of them), on `device` if given.
 
     Returns the IMAGE `[B, H, W, C]` and the MASK `[B, H, W]` of where faces were pasted (zeros on frames
     without faces, which pass through unchanged).
@@ -276,7 +285,8 @@ def paste_back(
         frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
         if frame_faces:
             check_same_picture(frame, frame_faces, frame_index)
-        stream.push(frame_index, frame, _crop_arrays(crops[positions.get(frame_index, [])]), frame_faces)
+        frame_crops = _crops_for_paste(crops[positions.get(frame_index, [])], device)
+        stream.push(frame_index, _to_device(frame, device) if frame_faces else frame, frame_crops, frame_faces)
     stream.finish()
     return out_image, out_mask
 
@@ -292,10 +302,12 @@ def restore_frames(
     parser: object | None = None,
     on_progress: OnProgress | None = None,
     check_interrupted: CheckInterrupted | None = None,
+    device: torch.device | None = None,
 ) -> FaceSet:
     """Find the faces of all frames (`detect_faces`: records only, a few hundred bytes per face), then restore
     and paste frame by frame, handing each finished frame to `on_frame`: only one frame and its crops are alive
-    at a time, however long the video.
+    at a time, however long the video. Given `device`, crops, restoration and paste-back of a frame stay there:
+    `restore` gets the crops there and should return its result there.
 
     Progress counts one step per frame for finding the faces, then one per face restored (one per faceless
     frame). Returns the `FaceSet` of the faces restored.
@@ -315,9 +327,10 @@ def restore_frames(
     stream = _paste_stream(faces, paste_settings, parser, on_frame)
     for frame_index, frame in _frames(frames, check_interrupted):
         frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
-        crops: list[np.ndarray] = []
+        crops: list[np.ndarray] | list[torch.Tensor] = []
         if frame_faces:
-            crops = _crop_arrays(restore(_crop_frame(frame, frame_faces), step))
+            frame = _to_device(frame, device)
+            crops = _crops_for_paste(restore(_crop_frame(frame, frame_faces), step), device)
         else:
             step()
         stream.push(frame_index, frame, crops, frame_faces)
@@ -394,14 +407,31 @@ def _shots(fingerprints: Sequence[str]) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [len(fingerprints)]))
 
 
-def _crop_frame(frame: np.ndarray, faces: Sequence[FaceRecord]) -> torch.Tensor:
-    """The aligned crops of one frame's faces, `[n, S, S, C]` float32."""
+def pixel_device(device: torch.device | str | None, interpolation: str = "cubic") -> torch.device | None:
+    """The `device` argument for the pixel work when the model runs on `device`: that device, or None (numpy and
+    OpenCV) for the CPU, where OpenCV is faster, and for an `interpolation` without a torch sampler (lanczos)."""
+    if device is None or torch.device(device).type == "cpu" or not device_faces.supports(interpolation):
+        return None
+    return torch.device(device)
+
+
+def _to_device(frame: np.ndarray, device: torch.device | None) -> np.ndarray | torch.Tensor:
+    """A numpy frame, or its tensor on `device` (the frame's one upload)."""
+    return frame if device is None else torch.from_numpy(frame).to(device)
+
+
+def _crop_frame(frame: np.ndarray | torch.Tensor, faces: Sequence[FaceRecord]) -> torch.Tensor:
+    """The aligned crops of one frame's faces, `[n, S, S, C]` float32, on the frame's device (the CPU for numpy)."""
+    if isinstance(frame, torch.Tensor):
+        return torch.stack([device_faces.warp_face(frame, face) for face in faces])
     return frames_to_image([warp_face(frame, face) for face in faces])
 
 
-def _crop_arrays(crops: torch.Tensor) -> list[np.ndarray]:
-    """Restored crops `[n, S, S, C]` (any device) as CPU float32 numpy arrays, for paste-back."""
-    return [crop.numpy() for crop in crops.detach().to("cpu", torch.float32)]
+def _crops_for_paste(crops: torch.Tensor, device: torch.device | None) -> list[np.ndarray] | list[torch.Tensor]:
+    """Restored crops `[n, S, S, C]` (any device) as paste-back takes them: CPU float32 numpy arrays, or float32
+    tensors on `device`."""
+    crops = crops.detach().to(device or "cpu", torch.float32)
+    return list(crops) if device is not None else [crop.numpy() for crop in crops]
 
 
 def _paste_stream(faces: FaceSet, settings: PasteSettings, parser: object | None, sink: FrameSink) -> PasteStream:

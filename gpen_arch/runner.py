@@ -130,6 +130,7 @@ class GpenRunner:
         batch_size: int = 1,
         on_face: OnFace | None = None,
         check_interrupted: CheckInterrupted | None = None,
+        output_device: torch.device | str = "cpu",
     ) -> torch.Tensor:
         """Restore aligned face crops.
 
@@ -141,9 +142,11 @@ class GpenRunner:
             batch_size: faces per forward pass; halved and retried when the device runs out of memory.
             on_face: called once per restored face (progress).
             check_interrupted: called before every batch; raises to stop.
+            output_device: where the result is gathered (the CPU for an IMAGE output; the model's device when
+                paste-back runs there too, so the faces never leave it).
 
         Returns:
-            `[N, S, S, 3]` float32 RGB in 0..1 on the CPU. Inference errors propagate, and non-finite output
+            `[N, S, S, 3]` float32 RGB in 0..1 on `output_device`. Inference errors propagate, and non-finite output
             raises `FloatingPointError`: nothing unrestored is ever returned as restored.
         """
         if crops.ndim != 4 or crops.shape[1] != crops.shape[2] or crops.shape[-1] not in (1, 3, 4):
@@ -151,7 +154,7 @@ class GpenRunner:
                 f"face crops must be square images [N, S, S, C] with C in 1, 3, 4; got {list(crops.shape)}"
             )
         check_strength(strength)
-        out = torch.empty((crops.shape[0], self.size, self.size, 3), dtype=torch.float32)
+        out = torch.empty((crops.shape[0], self.size, self.size, 3), dtype=torch.float32, device=output_device)
         start, batch_size = 0, max(1, batch_size)
         with torch.inference_mode():
             while start < crops.shape[0]:
@@ -176,7 +179,7 @@ class GpenRunner:
                 del output
                 if strength < 1.0:
                     restored = torch.lerp(_rgb(chunk), restored, strength)
-                out[start : start + chunk.shape[0]] = restored.cpu()
+                out[start : start + chunk.shape[0]] = restored
                 start += chunk.shape[0]
                 if on_face is not None:
                     for _ in range(chunk.shape[0]):
