@@ -98,50 +98,31 @@ Errors
 
 from __future__ import annotations
 
-from .alignment import TEMPLATES, AlignmentError, align_face, reference_points, similarity_transform, warp_face
-from .detection import DETECTORS, ORDERS, FaceDetector, load_detector, parse_index_spec, select_faces
-from .images import ImageFormatError
-from .parsing import FaceParser, load_face_parser
-from .paste import MASK_SHAPES, CanvasMismatchError, PasteSettings, canvas_scale_xy, face_mask_uv, paste_faces
-from .records import LANDMARK_NAMES, FaceRecord, FaceRecordError
-from .weights import (
-    KNOWN_WEIGHTS,
-    ChecksumError,
-    WeightsSpec,
-    WeightsUnavailableError,
-    resolve_known_weights,
-    resolve_weights,
-)
+import importlib
 
-__all__ = [
-    "DETECTORS",
-    "KNOWN_WEIGHTS",
-    "LANDMARK_NAMES",
-    "MASK_SHAPES",
-    "ORDERS",
-    "TEMPLATES",
-    "AlignmentError",
-    "CanvasMismatchError",
-    "ChecksumError",
-    "FaceDetector",
-    "FaceParser",
-    "FaceRecord",
-    "FaceRecordError",
-    "ImageFormatError",
-    "PasteSettings",
-    "WeightsSpec",
-    "WeightsUnavailableError",
-    "align_face",
-    "canvas_scale_xy",
-    "face_mask_uv",
-    "load_detector",
-    "load_face_parser",
-    "paste_faces",
-    "parse_index_spec",
-    "reference_points",
-    "resolve_known_weights",
-    "resolve_weights",
-    "select_faces",
-    "similarity_transform",
-    "warp_face",
-]
+# The names above, by the module that owns each. They are imported on first use (a module-level __getattr__, PEP
+# 562) rather than with the package: most of those modules import torch and OpenCV, which take seconds, and the
+# command line answers --help without them.
+_EXPORTS = {
+    "alignment": ("AlignmentError", "align_face", "reference_points", "similarity_transform", "warp_face"),
+    "choices": ("DETECTORS", "MASK_SHAPES", "ORDERS", "TEMPLATES"),
+    "detection": ("FaceDetector", "load_detector", "parse_index_spec", "select_faces"),
+    "images": ("ImageFormatError",),
+    "parsing": ("FaceParser", "load_face_parser"),
+    "paste": ("CanvasMismatchError", "PasteSettings", "canvas_scale_xy", "face_mask_uv", "paste_faces"),
+    "records": ("LANDMARK_NAMES", "FaceRecord", "FaceRecordError"),
+    "weights": ("KNOWN_WEIGHTS", "ChecksumError", "WeightsSpec", "WeightsUnavailableError", "resolve_known_weights",
+                "resolve_weights"),
+}
+_OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_OWNER)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _OWNER:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_OWNER[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,6 +8,7 @@ import math
 import cv2
 import numpy as np
 
+from .choices import TEMPLATES
 from .images import check_image, ensure_hwc
 from .records import FaceRecord
 from .resample import (
@@ -20,7 +21,6 @@ from .resample import (
     translate_affine,
 )
 
-TEMPLATES = ("gpen", "ffhq")
 INTERPOLATIONS = {"cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR, "lanczos": cv2.INTER_LANCZOS4}
 BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
 

@@ -3,6 +3,10 @@ pipeline as the ComfyUI nodes.
 
 Run it with the script at the pack's root: `python restore_faces.py --input photo.jpg --output out/`. Videos and
 `--sequence` folders go through `frame_jobs` (faces tracked and smoothed over all frames, as in the nodes).
+
+torch and OpenCV take seconds to import, so this module and the ones it imports at the top (parsing and planning
+the command line) need neither: `--help` and a mistyped option or path are answered at once, and the pipeline's
+modules are imported by the functions that use them, once there is work to do.
 """
 
 from __future__ import annotations
@@ -13,40 +17,35 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from . import (
+from ..gpen_arch.choices import DEFAULT_STRENGTH, PRECISIONS
+from ..gpen_arch.errors import MissingDependencyError, UnsupportedCheckpointError
+from . import frame_jobs
+from .choices import (
+    DEFAULT_EROSION,
+    DEFAULT_FEATHER,
+    DEFAULT_MAX_GAP,
     DETECTORS,
-    KNOWN_WEIGHTS,
     MASK_SHAPES,
     ORDERS,
     TEMPLATES,
-    PasteSettings,
-    WeightsUnavailableError,
-    load_detector,
-    load_face_parser,
 )
-from ..gpen_arch import PRECISIONS, GpenRunner, MissingDependencyError, UnsupportedCheckpointError, check_strength
-from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models, preferred_model
-from ..gpen_arch.runner import DEFAULT_STRENGTH, CropShapeError
-from . import frame_jobs, pipeline
 from .cli_jobs import CommandLineError, Job, plan_all
 from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
-from .conversion import frames_to_image
 from .image_files import ImageFileError, read_image, write_image
 from .progress import ProgressLine
-from .tracking import DEFAULT_MAX_GAP
 from .video_files import VIDEO_SUFFIXES, VideoFileError, import_av
-from .weights import DETECTION_FOLDER, folder_with_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from . import pipeline
 
 logger = logging.getLogger(__name__)
 
 PACK_DIR = Path(__file__).resolve().parents[1]  # the pack's folder: custom_nodes/<pack> inside a ComfyUI
 
-
-# What the command line says where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
-MODEL_ADVICE = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N counted from 0) or mps"
 
 
@@ -118,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-faces", type=int, default=0, help="at most this many faces per image (0 = all)")
     parser.add_argument("--template", choices=TEMPLATES, default="gpen", help="alignment template")
     parser.add_argument("--mask-shape", choices=MASK_SHAPES, default="ellipse", help="paste mask shape")
-    parser.add_argument("--erosion", type=float, default=PasteSettings.erosion,
+    parser.add_argument("--erosion", type=float, default=DEFAULT_EROSION,
                         help="mask erosion, fraction of the crop")
-    parser.add_argument("--feather", type=float, default=PasteSettings.feather,
+    parser.add_argument("--feather", type=float, default=DEFAULT_FEATHER,
                         help="mask feather, fraction of the crop")
     parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_NAMES}; auto is CUDA if available, else cpu")
@@ -139,13 +138,36 @@ def main(argv: Sequence[str] | None = None, *, script_dir: Path | None = None) -
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args, script_dir or PACK_DIR)
-    except (CommandLineError, UnsupportedCheckpointError, MissingDependencyError, WeightsUnavailableError,
-            FileNotFoundError) as exc:
+    except CommandLineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace, script_dir: Path) -> int:
+    """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
+    GPEN's, a library not installed) become `CommandLineError`s."""
+    jobs, sequences = plan_all(args)  # before any heavy import: a wrong path is reported at once
+    from .weights import (
+        WeightsUnavailableError,  # imports torch: deferred until the paths are known to be good
+    )
+
+    try:
+        return _restore(args, jobs, sequences, script_dir)
+    except (UnsupportedCheckpointError, MissingDependencyError, WeightsUnavailableError, FileNotFoundError) as exc:
+        raise CommandLineError(str(exc)) from exc
+
+
+def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob | SequenceJob],
+             script_dir: Path) -> int:
+    # The pipeline and the model need torch and OpenCV: imported only now that the command line has been checked.
+    from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS
+    from ..gpen_arch.runner import CropShapeError, GpenRunner, check_strength
+    from . import pipeline
+    from .conversion import frames_to_image
+    from .detection import load_detector
+    from .parsing import load_face_parser
+    from .paste import PasteSettings
+
     try:
         check_strength(args.strength)
         # The model's size replaces the crop size once it is loaded; every other setting is checked now.
@@ -159,13 +181,14 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     except ValueError as exc:
         raise CommandLineError(_with_option_names(str(exc))) from exc
     device = resolve_device(args.device)
-    jobs, sequences = plan_all(args)
     if any(isinstance(job, VideoJob) for job in sequences):
         import_av()  # a missing PyAV is a setup error, found before anything is loaded
     roots = model_roots(script_dir)
     model_path = args.model or default_model(roots)
     check_model_path(model_path)
-    runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile, where_to_get=MODEL_ADVICE,
+    # Where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
+    model_advice = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
+    runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile, where_to_get=model_advice,
                              **_half_support(device))
     if not runner.is_onnx:
         runner.module.to(device)
@@ -173,7 +196,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     logger.info("%r from %s on %s", runner, model_path, device)
 
     def restore(crops: torch.Tensor, on_face) -> torch.Tensor:
-        return runner.restore(crops, device=device, strength=args.strength, on_face=on_face)
+        return runner.restore(crops, device=device, strength=args.strength, on_face=on_face, output_device=crops.device)
 
     progress = ProgressLine(len(jobs))
     failures: list[str] = []
@@ -196,13 +219,14 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         if args.mask_shape == "parsing":
             parser = load_face_parser(args.detector_dir or default_detector_dir(roots, model_path, "parsenet"),
                                       device=device)
+        pixels_on = pipeline.pixel_device(device, paste_settings.interpolation)
         found: list[dict] = []  # the --faces-json entries
         for job in jobs:
             try:
                 image, depth = read_image(job.source)
                 out, _mask, faces = pipeline.restore_image(
                     frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
-                    detect_settings, paste_settings, parser=parser,
+                    detect_settings, paste_settings, parser=parser, device=pixels_on,
                 )
                 write_image(job.target, out[0].numpy(), depth)
             except (ImageFileError, pipeline.FaceInputError) as exc:
@@ -224,7 +248,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         def run_frames(frames: pipeline.FrameSource, on_frame: pipeline.FrameSink) -> pipeline.FaceSet:
             progress.begin(len(frames), "frames")
             return pipeline.restore_frames(frames, detector, restore_counted, detect_settings, paste_settings,
-                                           on_frame, parser=parser, on_progress=progress.steps)
+                                           on_frame, parser=parser, on_progress=progress.steps, device=pixels_on)
 
         for job in sequences:
             try:
@@ -282,6 +306,8 @@ def _half_support(device: torch.device) -> dict[str, bool]:
     """What `device` runs well besides fp32, for precision "auto": fp16 on CUDA GPUs with tensor cores (compute
     capability 7.0 and later), bf16 where CUDA supports it; fp32 elsewhere (emulated half precision on CPUs is
     many times slower)."""
+    import torch  # deferred: see the module's docstring
+
     if device.type != "cuda":
         return {"fp16_ok": False, "bf16_ok": False}
     return {"fp16_ok": torch.cuda.get_device_capability(device) >= (7, 0), "bf16_ok": torch.cuda.is_bf16_supported()}
@@ -295,6 +321,8 @@ def _failure(job: Job, exc: Exception) -> str:
 def resolve_device(name: str) -> torch.device:
     """The torch device `--device` names, checked before anything is loaded: "auto" is CUDA when torch sees a
     GPU, else the CPU; an unknown name or a device this machine lacks is a `CommandLineError`."""
+    import torch  # deferred: see the module's docstring
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -324,6 +352,12 @@ def check_model_path(path: Path) -> None:
     `load_gpen`, whose message says where to download one)."""
     if not path.is_dir():
         return
+    from ..gpen_arch.files import (  # imports torch: only for a folder
+        DOWNLOAD_HINT,
+        GPEN_EXTENSIONS,
+        find_models,
+    )
+
     inside = find_models([path])
     if inside:
         listed = ", ".join(str(p) for p in inside[:5]) + (f" and {len(inside) - 5} more" if len(inside) > 5 else "")
@@ -335,6 +369,13 @@ def check_model_path(path: Path) -> None:
 
 def default_model(roots: Sequence[Path]) -> Path:
     """The preferred GPEN file (GPEN-BFR-2048 first) in the `facerestore_models` folder of `roots`."""
+    from ..gpen_arch.files import (  # deferred: torch
+        DOWNLOAD_HINT,
+        RESTORE_FOLDER,
+        find_models,
+        preferred_model,
+    )
+
     folders = [root / RESTORE_FOLDER for root in roots]
     models = find_models(folders)
     if not models:
@@ -350,6 +391,11 @@ def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) 
     """Where detector (or parser) weights `weights` are: a `facedetection` folder holding the file, beside the
     model's folder when that is a `facerestore_models` folder (a ComfyUI layout), else under `roots`. When none
     holds it, the first of those, where it is then downloaded."""
+    from ..gpen_arch.files import (
+        RESTORE_FOLDER,  # deferred, as both modules import torch
+    )
+    from .weights import DETECTION_FOLDER, KNOWN_WEIGHTS, folder_with_file
+
     model_folder = model_path.resolve().parent
     candidates = [root / DETECTION_FOLDER for root in roots]
     if model_folder.name == RESTORE_FOLDER:

@@ -15,13 +15,16 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .image_files import ImageFileError, read_image, write_image
-from .pipeline import FaceSet
 from .video_files import VideoFrames, VideoWriter
+
+if TYPE_CHECKING:  # annotations only: the command line plans its jobs with this module before it needs torch
+    import numpy as np
+
+    from .pipeline import FaceSet
+
 
 @dataclass(frozen=True)
 class VideoJob:

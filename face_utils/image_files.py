@@ -4,6 +4,9 @@ OpenCV's decoders fill the missing rest of a truncated JPEG with grey (and some 
 failing, so a cut-off file would be restored and written as if it were whole. Files are therefore read as bytes
 and their container checked for completeness (JPEG end marker, PNG chunks and checksums up to IEND, WebP/BMP
 declared sizes) before they are decoded.
+
+The command line plans its jobs with this module (suffixes, `output_problem`) before it knows that there is work
+to do, so OpenCV and numpy are imported by the functions that read and write pixels, not with the module.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what OpenCV reads and writes
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # formats OpenCV writes with 16 bits per channel
@@ -35,6 +39,9 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
 
     Raises `ImageFileError` for an unreadable, empty, truncated or corrupt file, or one that is not an image.
     """
+    import cv2  # deferred, like numpy: planning a command line's jobs imports this module without decoding
+    import numpy as np
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -133,6 +140,9 @@ def write_image(path: Path, image: np.ndarray, depth: int = 8) -> None:
     """Write float `[H, W, C]` RGB(A) or grey in [0, 1], creating folders as needed: 16-bit when `depth` is 16
     and the format has it (PNG, TIFF), else 8-bit. The file appears whole or not at all (written beside it, then
     renamed). Raises `ImageFileError` naming the file and the system's reason (no space, no permission)."""
+    import cv2  # deferred, like numpy: planning a command line's jobs imports this module without encoding
+    import numpy as np
+
     if depth == 16 and path.suffix.lower() in SIXTEEN_BIT_SUFFIXES:
         data = np.clip(np.rint(image * 65535.0), 0, 65535).astype(np.uint16)
     else:

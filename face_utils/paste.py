@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .alignment import INTERPOLATIONS
+from .choices import DEFAULT_EROSION, DEFAULT_FEATHER, MASK_SHAPES
 from .colour import ColourStats, colour_apply, colour_stats
 from .images import check_image, colour_channels, convert_channels, ensure_hwc
 from .parsing import PARSE_SIZE, FaceParser
@@ -30,8 +31,6 @@ from .resample import (
 )
 
 logger = logging.getLogger(__name__)
-
-MASK_SHAPES = ("ellipse", "box", "parsing")
 
 # Semi-axes of the ellipse mask as fractions of the crop side, centred in the crop: the full height, and a
 # little narrower than the crop because aligned faces are taller than wide (both templates put the eyes about
@@ -65,8 +64,8 @@ class PasteSettings:
     """
 
     mask_shape: str = "ellipse"
-    erosion: float = 0.04
-    feather: float = 0.1
+    erosion: float = DEFAULT_EROSION
+    feather: float = DEFAULT_FEATHER
     strength: float = 1.0
     color_correction: bool = True
     interpolation: str = "cubic"

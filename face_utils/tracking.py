@@ -23,13 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .assignment import min_cost_assignment
+from .choices import DEFAULT_MAX_GAP
 from .detection import ORDERS, parse_index_spec, select_faces
 from .records import FaceRecord
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_GAP = 5
-"""Missed frames a track survives (1/6 s at 30 fps: a blink of the detector, a hand passing the face)."""
 LANDMARK_GATE = 0.5
 """Largest mean landmark distance, in face sizes, from a track's predicted or last position to a detection of it
 (head motion at 30 fps is typically under 0.3 face sizes per frame; two faces side by side are >= 1 apart)."""

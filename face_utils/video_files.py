@@ -5,6 +5,9 @@ is given, so images and folders of frames never need it. A video is read as a `p
 from the start on every pass (faces are found in a first pass, restored in a second), one frame alive at a time;
 the result is encoded as frames arrive, with the source's frame timing and colour tags, and its audio packets
 copied unchanged (remuxed, never re-encoded) between the video packets, so memory stays bounded by a few frames.
+
+The command line plans its jobs with this module (suffixes, `is_video`), so numpy, too, is imported only where
+frames are converted.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from ..gpen_arch.errors import MissingDependencyError
 
-from ..gpen_arch import MissingDependencyError
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +102,8 @@ class VideoFrames:
         return self._count
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        import numpy as np  # deferred: planning a command line's jobs imports this module without any frame
+
         for index, frame in enumerate(self._decode()):
             if index == len(self.pts):
                 self.pts.append(frame.pts)
@@ -162,6 +168,8 @@ class VideoWriter:
     def write(self, index: int, frame: np.ndarray) -> None:
         """Encode frame `index` of the source (`[H, W, 3]` float RGB in 0..1; frames come in order), then the
         audio that plays up to it."""
+        import numpy as np  # deferred: planning a command line's jobs imports this module without any frame
+
         try:
             if self._video is None:
                 self._open_video(frame.shape[1], frame.shape[0])

@@ -1,25 +1,32 @@
 """GPEN written for inference: the network (`GPEN`), its configuration read from weights, `load_gpen`, and
 `GpenRunner`, the one owner of how a loaded GPEN is called.
 
-Imports only torch and the standard library (safetensors and onnxruntime lazily, when such a file is loaded).
+Imports only torch and the standard library (safetensors and onnxruntime lazily, when such a file is loaded). The
+names below are imported on first use, as `face_utils`'s are (see there), so `gpen_arch.errors` and
+`gpen_arch.choices` cost nothing to the command line's --help.
 """
 
-from .config import infer_config
-from .errors import MissingDependencyError, UnsupportedCheckpointError
-from .loader import load_gpen, unwrap_state_dict
-from .model import GPEN
-from .runner import DEFAULT_STRENGTH, PRECISIONS, GpenRunner, check_strength, choose_dtype
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_STRENGTH",
-    "GPEN",
-    "PRECISIONS",
-    "GpenRunner",
-    "MissingDependencyError",
-    "UnsupportedCheckpointError",
-    "check_strength",
-    "choose_dtype",
-    "infer_config",
-    "load_gpen",
-    "unwrap_state_dict",
-]
+import importlib
+
+_EXPORTS = {
+    "choices": ("DEFAULT_STRENGTH", "PRECISIONS"),
+    "config": ("infer_config",),
+    "errors": ("MissingDependencyError", "UnsupportedCheckpointError"),
+    "loader": ("load_gpen", "unwrap_state_dict"),
+    "model": ("GPEN",),
+    "runner": ("GpenRunner", "check_strength", "choose_dtype"),
+}
+_OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_OWNER)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _OWNER:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_OWNER[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

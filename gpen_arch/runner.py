@@ -19,16 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choices import DEFAULT_STRENGTH, PRECISIONS
 from .config import WHERE_TO_GET
 from .loader import load_gpen
 from .model import GPEN, channel_table
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Upstream GPEN blends the restored face 80/20 with the aligned input (`--alpha 0.8`).
-DEFAULT_STRENGTH = 0.8
 # Peak activation memory of one face is about 3.5x the encoder's feature elements times the element size
 # (measured here on GPEN-512 and GPEN-1024, fp32, CPU peak RSS); 4 leaves headroom for allocator slack.
 ACTIVATION_BYTES_FACTOR = 4.0
