@@ -354,7 +354,7 @@ class RetinaFaceDetector(FaceDetector):
             rgb = np.ascontiguousarray(rgb)  # torch takes no negative strides (a flipped view)
         pixels = torch.from_numpy(rgb).to(self.net.mean_tensor.device)
         bgr = pixels.permute(2, 0, 1)[BGR_FROM_RGB].unsqueeze(0)  # one gather: a new contiguous tensor
-        return bgr.mul_(255.0).sub_(self.net.mean_tensor)
+        return bgr.mul_(255.0).sub_(self.net.mean_tensor).contiguous(memory_format=torch.channels_last)
 
     def _priors_for(self, height: int, width: int) -> torch.Tensor:
         """RetinaFace's anchors for an input of `height` x `width` on the network's device, cached: a video's
@@ -470,7 +470,29 @@ def _load_retinaface(name: str, path: Path, device: torch.device) -> torch.nn.Mo
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.")
         net = RetinaFace(network_name=_RETINAFACE_NETWORKS[name], half=False, device=device)
     load_state_dict_into(net, path, name)
-    return net.to(device).eval()
+    net.eval()
+    _fold_batch_norms(net)
+    # Channels-last with the batch norms folded: MobileNet-0.25 on a 970x1137 photo 178 -> 83 ms on 2 CPU cores
+    # (channels-last alone 118 ms); the outputs move by about 3e-5.
+    return net.to(device, memory_format=torch.channels_last)
+
+
+def _fold_batch_norms(net: torch.nn.Module) -> None:
+    """Fold each inference-mode BatchNorm2d into the convolution before it, in place: in sequences (facexlib's
+    conv_bn blocks, ResNet's downsample) and in torchvision's `convK`/`bnK` pairs. The network keeps its class
+    and methods; its state dict changes, so weights are loaded before."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for module in list(net.modules()):
+        if isinstance(module, torch.nn.Sequential):
+            pairs = [(str(i), str(i + 1)) for i in range(len(module) - 1)]
+        else:
+            pairs = [(f"conv{k}", f"bn{k}") for k in range(1, 4)]
+        for conv_name, bn_name in pairs:
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, torch.nn.Identity())
 
 
 def select_faces(

@@ -171,3 +171,41 @@ def test_records_are_built_only_for_the_faces_kept(detector, monkeypatch):
     faces = detector.detect(np.zeros((200, 1100, 3), np.float32), min_face_size=20)
     assert len(faces) == 1 and faces[0].box_xyxy == (14.0, 0.0, 94.0, 80.0)
     assert len(built) == 1
+
+
+@pytest.mark.parametrize("name", ["retinaface_mobile0.25", "retinaface_resnet50"])
+def test_folded_channels_last_network_computes_what_facexlibs_does(fixtures_dir, photos, tmp_path, name):
+    """The loaded network has its batch norms folded into the convolutions and runs channels-last; its outputs
+    stay those of facexlib's network with the same weights (random ones for ResNet-50, whose file is not in the
+    fixtures)."""
+    import shutil
+    import warnings
+
+    from facexlib.detection.retinaface import RetinaFace
+
+    filename = detection.KNOWN_WEIGHTS[name].filename
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = RetinaFace(network_name=detection._RETINAFACE_NETWORKS[name], half=False, device="cpu")
+    if name == "retinaface_mobile0.25":
+        shutil.copy(fixtures_dir / "facedetection" / filename, tmp_path)
+        reference.load_state_dict(torch.load(tmp_path / filename, weights_only=True))
+    else:
+        torch.manual_seed(0)
+        with torch.no_grad():  # running statistics away from (0, 1), so folding them is tested
+            for module in reference.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.uniform_(-0.1, 0.1)
+                    module.running_var.uniform_(0.5, 2.0)
+                    module.weight.uniform_(0.1, 0.5)
+        torch.save(reference.state_dict(), tmp_path / filename)
+    reference.eval()
+    net = load_detector(name, tmp_path).net
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters() if p.ndim == 4)
+    x = torch.from_numpy(cv2.resize(photos["grace_hopper.jpg"], (256, 320))).permute(2, 0, 1)[None] * 255 - 100
+    with torch.inference_mode():
+        ours = net(x.contiguous(memory_format=torch.channels_last))
+        theirs = reference(x)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
