@@ -164,8 +164,11 @@ def test_resnet50_loads_checkpoints_saved_from_data_parallel(tmp_path):
     state = {f"module.{k}": v for k, v in reference.state_dict().items()}
     torch.save(state, tmp_path / "detection_Resnet50_Final.pth")
     detector = load_detector("retinaface_resnet50", tmp_path)
-    loaded = detector.net.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
+    # The weights arrived: the loaded network (batch norms folded in) computes what the reference does.
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.inference_mode():
+        for ours, theirs in zip(detector.net(x), reference.eval()(x)):
+            assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * float(theirs.abs().max()))
     assert detector.device == torch.device("cpu")
     # Moving it (as model offloading does) moves facexlib's own device and channel means too.
     moved = detector.to("meta")
