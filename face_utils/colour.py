@@ -88,7 +88,10 @@ def colour_apply(
     difference = blur(small_reference * weight) - blur((small_restored * gain + offset) * weight)
     local = np.divide(difference, local_total, out=np.zeros_like(difference), where=local_total > 1e-4)
     local = ensure_hwc(cv2.resize(local, (width, height), interpolation=cv2.INTER_LINEAR))
-    return np.clip(restored * gain + offset + local, 0.0, 1.0)
+    out = restored * gain
+    out += offset
+    out += local
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _shrunk(
