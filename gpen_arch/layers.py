@@ -195,6 +195,23 @@ class EncoderBlock(nn.Sequential):
             )
         else:
             super().__init__(EqualConv2d(in_channels, out_channels, 1), BiasLeakyReLU(out_channels))
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample:
+            x = self[0](x)
+        return self.conv_activate(x)
+
+    def conv_activate(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's conv, bias and leaky ReLU (after the blur, if any): `sqrt(2) * leaky_relu(conv(x) + b)`
+        computed as `leaky_relu(conv(x, sqrt(2) * weight, sqrt(2) * b))`, so that the bias rides in the
+        convolution and one in-place pass follows it instead of three (at 2048 px each pass is 0.25 GB)."""
+        conv, activate = self[-2], self[-1]
+        fan_in = conv.weight[0].numel()
+        weight = (conv.weight * (LEAKY_GAIN / math.sqrt(fan_in))).to(x.dtype)
+        bias = (activate.bias * LEAKY_GAIN).to(x.dtype)
+        y = F.conv2d(x, weight, bias, stride=conv.stride, padding=conv.padding)
+        return F.leaky_relu_(y, LEAKY_SLOPE)
 
 
 class ModulatedConv2d(nn.Module):
@@ -255,12 +272,18 @@ class ModulatedConv2d(nn.Module):
     def prepare(self, x: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(input, weight)` to convolve, the styles folded into whichever is smaller: the weight for a single
         sample, else `x`, scaled in place."""
-        weight = self.weight[0].to(x.dtype)
-        if x.shape[0] == 1 and weight.numel() < x.numel():
-            weight = weight * scales.to(x.dtype).view(1, -1, 1, 1)
-        else:
-            x.mul_(scales.to(x.dtype).view(x.shape[0], -1, 1, 1))
-        return x, weight
+        if x.shape[0] == 1 and self.folds_styles(x.numel()):
+            return x, self.styled_weight(scales, x.dtype)
+        x.mul_(scales.to(x.dtype).view(x.shape[0], -1, 1, 1))
+        return x, self.weight[0].to(x.dtype)
+
+    def folds_styles(self, input_numel: int) -> bool:
+        """Whether one sample's styles go into the weight (smaller than that sample's input) or the input."""
+        return self.weight[0].numel() < input_numel
+
+    def styled_weight(self, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`[out, in, k, k]` weight with ONE sample's `scales` `[1, in]` folded in (not demodulated)."""
+        return self.weight[0].to(dtype) * scales.to(dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         _, out_c, in_c, k, _ = self.weight.shape
@@ -351,6 +374,7 @@ class ToRGB(nn.Module):
         weight = self.conv.weight[0, :, :, 0, 0].float() * scales[:, None, :]  # [B, 3, C]
         pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
         out = torch.bmm(pixels, weight.to(x.dtype).transpose(1, 2))  # [B, H*W, 3]
+        # (bias added in place: baddbmm with a broadcast bias measured 1.6x slower than bmm on CPU)
         return out.view(batch, height, width, 3).permute(0, 3, 1, 2).add_(self.bias.to(x.dtype))
 
 

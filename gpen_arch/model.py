@@ -14,13 +14,27 @@ import torch
 from torch import nn
 
 from .layers import ConstantInput, EncoderBlock, EqualLinear, PixelNorm, StyledConv, ToRGB
-from .stripes import STRIPE_BYTES, last_level_in_stripes, stripe_rows
+from .stripes import (
+    STREAM_FROM_BYTES,
+    STREAMED_LEVELS,
+    STRIPE_BYTES,
+    EncoderRows,
+    StageRows,
+    WholeRows,
+    decode_in_bands,
+    encode_in_bands,
+    stripe_rows,
+)
 
 SIZES = (64, 128, 256, 512, 1024, 2048)  # every resolution the channel table below covers from 4x4 up
 # From this size on, the faces of a batch run one after another: one 2048-px face already fills any device, and
 # batching only multiplies the activation memory (measured on CPU: batch 2 took 11 % longer per face than batch 1
 # at 2048 px, while at 512 and 1024 px it is a little faster).
 SEQUENTIAL_FROM_SIZE = 2048
+# When the decoder's top is banded, this many of the encoder's top outputs are computed on request, band by
+# band, from the input image (ecd0 and ecd1: for GPEN-2048 the 0.25 GB and 0.125 GB features, and the blurred
+# copies of them the next stages would make, never exist whole; recomputing them costs about 2.5 % more FLOPs).
+ENCODER_ROWS_ON_REQUEST = 2
 
 
 def channel_table(channel_multiplier: float, narrow: float) -> dict[int, int]:
@@ -53,14 +67,46 @@ class StyleDecoder(nn.Module):
             self.convs.append(StyledConv(2 * out_c, out_c, style_dim))
             self.to_rgbs.append(ToRGB(2 * out_c, style_dim))
             in_c = out_c
-        # The last resolution is computed in bands of rows this many bytes wide (see stripes.py); 0 = whole.
+        self.size = 2 ** (len(self.to_rgbs) + 2)
+        # The top resolutions are computed in bands of rows this many bytes wide (see stripes.py); 0 = whole.
         self.stripe_bytes = STRIPE_BYTES
+        # Levels below the top are streamed with it where their whole activation is this large (see stripes.py).
+        self.stream_from_bytes = STREAM_FROM_BYTES
+
+    def band_rows(self, itemsize: int) -> list[int] | None:
+        """Band heights of the resolutions computed as one pipeline of bands, lowest first: the top one, and up
+        to `STREAMED_LEVELS - 1` below it whose whole activation has at least `stream_from_bytes`. None when the
+        top resolution fits one band (small models) or banding is off (`stripe_bytes` 0)."""
+        if not self.stripe_bytes:
+            return None
+        levels = len(self.to_rgbs)  # level k is resolution 2**(k + 3)
+
+        def activation_bytes(k: int) -> int:  # one sample's, whole: twice its up-conv's output channels
+            return 2 * self.convs[2 * k].conv.weight.shape[1] * 4 ** (k + 3) * itemsize
+
+        first = levels - 1
+        while first > max(0, levels - STREAMED_LEVELS) and activation_bytes(first - 1) >= self.stream_from_bytes:
+            first -= 1
+        # A band holds `stripe_bytes` of its level's widest activation (twice the up-conv's output channels).
+        rows = [
+            stripe_rows(2 * self.convs[2 * k].conv.weight.shape[1], 2 ** (k + 3), 1, itemsize, self.stripe_bytes)
+            for k in range(first, levels)
+        ]
+        if rows[-1] >= self.size:
+            return None
+        return rows
 
     def forward(
-        self, latent: torch.Tensor, features: list[torch.Tensor], memory_format: torch.memory_format
+        self,
+        latent: torch.Tensor,
+        features: list,
+        memory_format: torch.memory_format,
+        band_rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """`latent` [B, style_dim]; `features` the encoder outputs from 4x4 upwards, consumed (emptied) as used;
-        activations are kept in `memory_format` (layers allocate their outputs like their inputs)."""
+        """`latent` [B, style_dim]; `features` the encoder outputs from 4x4 upwards, consumed (emptied) as used
+        (with `band_rows`, the top ones may be row sources, see stripes.py); activations are kept in
+        `memory_format` (layers allocate their outputs like their inputs). `band_rows`: from `self.band_rows`, to compute the top
+        resolutions in bands."""
         w = self.style(latent.float())
         x = self.input(latent.shape[0], features[0].dtype).contiguous(memory_format=memory_format)
         # The activation lives only in this list, and each styled conv pops it: the previous activation is
@@ -72,12 +118,10 @@ class StyleDecoder(nn.Module):
         levels = list(zip(self.convs[::2], self.convs[1::2], self.to_rgbs))
         for level, (up_conv, conv, to_rgb) in enumerate(levels):
             # Popping drops our reference too, so each encoder feature is freed once its resolution is done.
+            if band_rows and level == len(levels) - len(band_rows):
+                banded = [WholeRows(f) if isinstance(f, torch.Tensor) else f for f in features]
+                return decode_in_bands(levels[level:], activation.pop(), w, banded, skip, band_rows)
             feature = features.pop(0)
-            if level == len(levels) - 1 and self.stripe_bytes:
-                batch, channels, size, _ = feature.shape
-                rows = stripe_rows(2 * channels, size, batch, feature.element_size(), self.stripe_bytes)
-                if rows < size:
-                    return last_level_in_stripes(up_conv, conv, to_rgb, activation.pop(), w, feature, skip, rows)
             activation.append(up_conv(activation, w, feature))
             activation.append(conv(activation, w, feature, reuse_input=True))
             del feature
@@ -149,19 +193,48 @@ class GPEN(nn.Module):
             return torch.cat([self(x[index : index + 1]) for index in range(x.shape[0])])
         # Channels-last throughout: oneDNN and cuDNN run these convolutions several times faster in it, and the
         # 1x1 ToRGB becomes a plain matrix product (see layers.ToRGB).
-        x = x.contiguous(memory_format=self.memory_format)
-        features = []
-        for index in range(self.encoder_depth):
-            x = getattr(self, f"ecd{index}")(x)
-            features.append(x)
+        band_rows = self.generator.band_rows(x.element_size())
+        features = self.encode(x, band_rows)
+        x = features[-1]
         # The latent path is tiny and runs in fp32 whatever the network's dtype (no fp16 overflow there).
         latent = self.final_linear(x.flatten(1).float())
         features.reverse()
         del x
-        return self.generator(latent, features, self.memory_format)
+        return self.generator(latent, features, self.memory_format, band_rows)
 
-    def extra_repr(self) -> str:
-        return (
-            f"size={self.size}, style_dim={self.style_dim}, n_mlp={self.n_mlp}, "
-            f"channel_multiplier={self.channel_multiplier}, narrow={self.narrow}"
-        )
+    def encode(self, x: torch.Tensor, band_rows: list[int] | None) -> list:
+        """The encoder's outputs, full resolution first. With a banded decoder (`band_rows`), the top ones are
+        row sources (see `encode_top_in_bands`) and stages with large inputs run in bands."""
+        if band_rows:
+            # Encoder features computed on request only feed banded levels.
+            features = self.encode_top_in_bands(x, min(ENCODER_ROWS_ON_REQUEST, len(band_rows)))
+            x = features[-1]
+        else:
+            features = []
+            x = x.contiguous(memory_format=self.memory_format)
+        for index in range(len(features), self.encoder_depth):
+            stage = getattr(self, f"ecd{index}")
+            if band_rows and x[0].numel() * x.element_size() >= self.generator.stream_from_bytes:
+                # Same arithmetic, but no blurred copy of the whole input is made (fresh memory costs page faults).
+                batch, channels, size, _ = x.shape
+                rows = stripe_rows(channels, size, batch, x.element_size(), self.generator.stripe_bytes) // 2
+                x = encode_in_bands(StageRows(stage[0], WholeRows(x)), rows)
+            else:
+                x = stage(x)
+            features.append(x)
+        return features
+
+    def encode_top_in_bands(self, x: torch.Tensor, on_request: int) -> list:
+        """The first encoder outputs for a banded decoder: the top `on_request` (at least 1) as row sources that
+        compute rows from `x` when the decoder asks (they never exist whole: recomputing them is cheaper than
+        holding them), and the next one computed whole from them, band by band."""
+        features: list = [EncoderRows(self.ecd0[0], x, self.memory_format)]
+        depth = min(on_request + 1, self.encoder_depth)
+        for index in range(1, depth):
+            features.append(StageRows(getattr(self, f"ecd{index}")[0], features[-1]))
+        # Output rows per band of the whole one: half the input rows that fit a band (see stripe_rows).
+        # Each stage up the chain reads twice the rows of the one below, so the widest temporary of a band is the
+        # full-resolution one: its rows fit a band (see stripe_rows), and the last stage makes 2**-depth of them.
+        channels = self.ecd0[0][0].weight.shape[0]
+        rows = stripe_rows(channels, self.size, x.shape[0], x.element_size(), self.generator.stripe_bytes)
+        return [*features[:-1], encode_in_bands(features[-1], max(1, rows >> (depth - 1)))]
