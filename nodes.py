@@ -24,39 +24,15 @@ import torch
 # alias, not a frozen copy), so importing it would pin nothing and only add a name to keep in step.
 from comfy_api.latest import ComfyExtension, io
 
-from .face_utils import (
-    DETECTORS,
-    KNOWN_WEIGHTS,
-    MASK_SHAPES,
-    ORDERS,
-    TEMPLATES,
-    FaceDetector,
-    FaceParser,
-    PasteSettings,
-    load_detector,
-)
+from .face_utils import DETECTORS, KNOWN_WEIGHTS, MASK_SHAPES, ORDERS, TEMPLATES, FaceDetector, FaceParser
+from .face_utils import PasteSettings, load_detector
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
 from .face_utils.parsing import FaceParserCache
-from .face_utils.pipeline import (
-    DetectSettings,
-    FaceSet,
-    RestoreFn,
-    detect_faces,
-    paste_back,
-    pixel_device,
-    restore_crop_batch,
-    restore_image,
-    warp_crops,
-)
+from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, paste_back, pixel_device
+from .face_utils.pipeline import restore_crop_batch, restore_image, warp_crops
 from .face_utils.preview import draw_faces
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
-from .gpen_arch.files import (
-    DOWNLOAD_HINT,
-    GPEN_EXTENSIONS,
-    RESTORE_FOLDER,
-    models_by_name,
-    preferred_model,
-)
+from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
 from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner
 
 logger = logging.getLogger(__name__)
@@ -453,7 +429,8 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
             out, mask, faces = restore_image(
                 image, face_detector, restore, detect_settings, paste_settings, parser=parser,
                 on_progress=lambda done, total: progress.update_absolute(done, total),
-                check_interrupted=mm.throw_exception_if_processing_interrupted, device=pixel_device(mm.get_torch_device()),
+                check_interrupted=mm.throw_exception_if_processing_interrupted,
+                device=pixel_device(mm.get_torch_device()),
             )
         _log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()

@@ -22,15 +22,7 @@ from typing import TYPE_CHECKING
 from ..gpen_arch.choices import DEFAULT_STRENGTH, PRECISIONS
 from ..gpen_arch.errors import MissingDependencyError, UnsupportedCheckpointError
 from . import frame_jobs
-from .choices import (
-    DEFAULT_EROSION,
-    DEFAULT_FEATHER,
-    DEFAULT_MAX_GAP,
-    DETECTORS,
-    MASK_SHAPES,
-    ORDERS,
-    TEMPLATES,
-)
+from .choices import DEFAULT_EROSION, DEFAULT_FEATHER, DEFAULT_MAX_GAP, DETECTORS, MASK_SHAPES, ORDERS, TEMPLATES
 from .cli_jobs import CommandLineError, Job, plan_all
 from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
 from .image_files import ImageFileError, read_image, write_image

@@ -124,12 +124,8 @@ def blend_faces(
 def _prepare_one(
     original: torch.Tensor, crop: torch.Tensor, face: FaceRecord, settings: PasteSettings, parser: FaceParser | None
 ) -> PreparedFace | None:
-    if not face.is_aligned:
-        raise ValueError("Cannot paste an unaligned face: align it with face_utils.align_face first")
     side = crop.shape[0]
-    if crop.shape[1] != side:
-        raise ValueError(f"Restored crops must be square, got {crop.shape[1]}x{side} (w x h)")
-    placed = face_region(face, side, tuple(original.shape[:2]))
+    placed = face_region(face, tuple(crop.shape[:2]), tuple(original.shape[:2]))
     if placed is None:
         return None
     (y0, y1, x0, x1), crop_from_region = placed

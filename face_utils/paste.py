@@ -22,13 +22,7 @@ from .colour import ColourStats, colour_apply, colour_stats
 from .images import check_image, colour_channels, convert_channels, ensure_hwc
 from .parsing import PARSE_SIZE, FaceParser
 from .records import FaceRecord
-from .resample import (
-    affine_scale,
-    antialias_for_shrink,
-    compose_affine,
-    scale_affine,
-    translate_affine,
-)
+from .resample import affine_scale, antialias_for_shrink, compose_affine, scale_affine, translate_affine
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +189,17 @@ def crop_from_canvas_affine(face: FaceRecord, crop_side: int, canvas_hw: tuple[i
 
 
 def face_region(
-    face: FaceRecord, crop_side: int, canvas_hw: tuple[int, int]
+    face: FaceRecord, crop_hw: tuple[int, int], canvas_hw: tuple[int, int]
 ) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
-    """The canvas rectangle (y0, y1, x0, x1) a `crop_side` crop of `face` covers, clipped to the canvas, and the
-    2x3 matrix from that rectangle's pixels to the crop's; None when the face lies outside the canvas. Nothing
-    outside the rectangle is read or written by paste-back."""
+    """The canvas rectangle (y0, y1, x0, x1) a crop of `crop_hw` pixels of `face` covers, clipped to the canvas,
+    and the 2x3 matrix from that rectangle's pixels to the crop's; None when the face lies outside the canvas.
+    Nothing outside the rectangle is read or written by paste-back. Raises ValueError for an unaligned face or a
+    crop that is not square."""
+    if not face.is_aligned:
+        raise ValueError("Cannot paste an unaligned face: align it with face_utils.align_face first")
+    crop_side, crop_w = crop_hw
+    if crop_w != crop_side:
+        raise ValueError(f"Restored crops must be square, got {crop_w}x{crop_side} (w x h)")
     canvas_h, canvas_w = canvas_hw
     crop_from_canvas = crop_from_canvas_affine(face, crop_side, (canvas_h, canvas_w))
     canvas_from_crop = cv2.invertAffineTransform(crop_from_canvas)
@@ -240,12 +240,8 @@ def face_mask_uv(u: np.ndarray, v: np.ndarray, shape: str, erosion: float, feath
 def _prepare_one(
     original: np.ndarray, crop: np.ndarray, face: FaceRecord, settings: PasteSettings, parser: FaceParser | None
 ) -> PreparedFace | None:
-    if not face.is_aligned:
-        raise ValueError("Cannot paste an unaligned face: align it with face_utils.align_face first")
     side = crop.shape[0]
-    if crop.shape[1] != side:
-        raise ValueError(f"Restored crops must be square, got {crop.shape[1]}x{side} (w x h)")
-    placed = face_region(face, side, original.shape[:2])
+    placed = face_region(face, crop.shape[:2], original.shape[:2])
     if placed is None:
         return None
     (y0, y1, x0, x1), crop_from_region = placed
