@@ -83,13 +83,19 @@ Tracking (`face_utils.tracking`)
 
 Pipeline (`face_utils.pipeline`; the nodes and the command line share it)
     DetectSettings, detect_faces(image or FrameSource, detector, settings) -> FaceSet (the GPEN_FACES socket),
-    warp_crops, paste_back, restore_frames(frames, ..., on_frame) (streams any FrameSource), restore_image.
+    warp_crops, paste_back, restore_frames(frames, ..., on_frame) (streams any FrameSource), restore_image; each
+    takes `device=pixel_device(model_device)`: on a GPU the pixel work runs there on torch tensors.
+
+Device path (`face_utils.device_faces`)
+    warp_face, prepare_faces, blend_faces: the twins of alignment.warp_face and paste.prepare_faces/blend_faces on
+    torch tensors [H, W, C] on any device, within 1e-4 of them; used for GPUs (OpenCV is faster on the CPU).
 
 Face parsing (`face_utils.parsing`)
     load_face_parser(model_dir, *, device="cpu") -> FaceParser (facexlib's ParseNet,
         parsing_parsenet.pth, resolved like detector weights).
     FaceParser.to(device); FaceParser.face_mask(crop, *, size=None) -> float32 [S, S] in 0..1, the probability of
-        the face classes (`FACE_CLASSES`: skin, brows, eyes, glasses, ears, earrings, nose, mouth, lips, hair).
+        the face classes (`FACE_CLASSES`: skin, brows, eyes, glasses, ears, earrings, nose, mouth, lips, hair);
+        FaceParser.face_probability(rgb [1, 3, S, S] tensor) -> the same at PARSE_SIZE, on the parser's device.
 
 Errors
     ImageFormatError (bad image array), FaceRecordError, AlignmentError, CanvasMismatchError are ValueErrors;
