@@ -2,7 +2,7 @@
 the one-node path's time is spent outside GPEN.
 
     python benchmarks/bench_pipeline.py                          # CPU: photo, 1080p batch, 4K group; GPEN-512/2048
-    python benchmarks/bench_pipeline.py --device cuda            # a GPU: the device-resident pixel path
+    python benchmarks/bench_pipeline.py --device cuda --precision fp16   # a GPU: the device-resident path
     python benchmarks/bench_pipeline.py --scenes photo --models 512 --repeats 5
 
 Scenes (built from the fixture photos, tests/fixtures/images, with tests/crowd_support.py):
@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--scenes", nargs="+", default=list(SCENES), choices=SCENES)
     parser.add_argument("--models", type=int, nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="GPEN's precision (fp16 or bf16 on a GPU; both are emulated, slowly, on a CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each stage after a warm-up; medians shown")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -60,7 +62,7 @@ def main() -> None:
     import torch
 
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"device {args.device}, fp32", flush=True)
+          f"device {args.device}, {args.precision}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         weights = {size: save_weights(size, Path(tmp)) for size in args.models}
@@ -69,7 +71,8 @@ def main() -> None:
         for scene in args.scenes:
             for size in args.models:
                 job = {"scene": scene, "size": size, "weights": str(weights[size]), "detectors": str(detector_dir),
-                       "device": args.device, "repeats": args.repeats, "threads": args.threads}
+                       "device": args.device, "precision": args.precision, "repeats": args.repeats,
+                       "threads": args.threads}
                 print_row(run_job(job))
     print(f"\nTotal wall time {time.perf_counter() - started:.0f} s.")
 
@@ -180,8 +183,8 @@ def run_worker(job: dict) -> dict:
         return statistics.median(times), result
 
     start = time.perf_counter()
-    runner = GpenRunner.load(Path(job["weights"]), precision="fp32", fp16_ok=False, bf16_ok=False, compile=False,
-                             where_to_get="a test-made file")
+    runner = GpenRunner.load(Path(job["weights"]), precision=job["precision"], fp16_ok=True, bf16_ok=True,
+                             compile=False, where_to_get="a test-made file")
     runner.module.to(device)
     sync()
     load_s = time.perf_counter() - start
