@@ -408,9 +408,10 @@ def _shots(fingerprints: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def pixel_device(device: torch.device | str | None, interpolation: str = "cubic") -> torch.device | None:
-    """The `device` argument for the pixel work when the model runs on `device`: that device, or None (numpy and
-    OpenCV) for the CPU, where OpenCV is faster, and for an `interpolation` without a torch sampler (lanczos)."""
-    if device is None or torch.device(device).type == "cpu" or not device_faces.supports(interpolation):
+    """The `device` argument for the pixel work when the model runs on `device`: a CUDA device, or None (numpy and
+    OpenCV) for the CPU, where OpenCV is faster, for other accelerators (MPS, XPU: their bicubic `grid_sample` is
+    unchecked) and for an `interpolation` without a torch sampler (lanczos)."""
+    if device is None or torch.device(device).type != "cuda" or not device_faces.supports(interpolation):
         return None
     return torch.device(device)
 

@@ -218,9 +218,10 @@ def test_separate_paths_on_a_device_agree(photos):
     assert (result - expected).abs().max() <= TOLERANCE
 
 
-def test_lanczos_stays_on_opencv():
+def test_only_cuda_without_lanczos_takes_the_device_path():
     assert pipeline.pixel_device("cuda", "lanczos") is None
     assert pipeline.pixel_device("cpu") is None and pipeline.pixel_device(None) is None
+    assert pipeline.pixel_device("mps") is None
     assert pipeline.pixel_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(ValueError, match="lanczos"):
         device_faces.warp_face(torch.zeros(8, 8, 3), align_face(_tiny_face(), crop_size=8), interpolation="lanczos")
