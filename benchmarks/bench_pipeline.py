@@ -78,7 +78,10 @@ def main() -> None:
 
 
 def import_pack():
-    sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+    """The pack as `comfyui_gpen_restore` (the command line's loader), and the tests' scene helpers."""
+    for folder in (str(REPO_ROOT / "tests"), str(REPO_ROOT)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     import restore_faces
 
     return restore_faces.load_package()

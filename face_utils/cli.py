@@ -139,9 +139,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
     GPEN's, a library not installed) become `CommandLineError`s."""
     jobs, sequences = plan_all(args)  # before any heavy import: a wrong path is reported at once
-    from .weights import (
-        WeightsUnavailableError,  # imports torch: deferred until the paths are known to be good
-    )
+    from .weights import WeightsUnavailableError  # imports torch: deferred until the paths are known to be good
 
     try:
         return _restore(args, jobs, sequences, script_dir)
@@ -344,11 +342,7 @@ def check_model_path(path: Path) -> None:
     `load_gpen`, whose message says where to download one)."""
     if not path.is_dir():
         return
-    from ..gpen_arch.files import (  # imports torch: only for a folder
-        DOWNLOAD_HINT,
-        GPEN_EXTENSIONS,
-        find_models,
-    )
+    from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, find_models  # imports torch: only for a folder
 
     inside = find_models([path])
     if inside:
@@ -361,12 +355,7 @@ def check_model_path(path: Path) -> None:
 
 def default_model(roots: Sequence[Path]) -> Path:
     """The preferred GPEN file (GPEN-BFR-2048 first) in the `facerestore_models` folder of `roots`."""
-    from ..gpen_arch.files import (  # deferred: torch
-        DOWNLOAD_HINT,
-        RESTORE_FOLDER,
-        find_models,
-        preferred_model,
-    )
+    from ..gpen_arch.files import DOWNLOAD_HINT, RESTORE_FOLDER, find_models, preferred_model  # deferred: torch
 
     folders = [root / RESTORE_FOLDER for root in roots]
     models = find_models(folders)
@@ -383,9 +372,7 @@ def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) 
     """Where detector (or parser) weights `weights` are: a `facedetection` folder holding the file, beside the
     model's folder when that is a `facerestore_models` folder (a ComfyUI layout), else under `roots`. When none
     holds it, the first of those, where it is then downloaded."""
-    from ..gpen_arch.files import (
-        RESTORE_FOLDER,  # deferred, as both modules import torch
-    )
+    from ..gpen_arch.files import RESTORE_FOLDER  # deferred, as both modules import torch
     from .weights import DETECTION_FOLDER, KNOWN_WEIGHTS, folder_with_file
 
     model_folder = model_path.resolve().parent
