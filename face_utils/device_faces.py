@@ -55,6 +55,8 @@ from .resample import (
 
 # Interpolations with a torch sampler of the same kernel (grid_sample's modes).
 SAMPLERS = {"cubic": "bicubic", "linear": "bilinear"}
+# Source pixels a cubic sample reads beyond its position (2 taps), plus one for the rectangle's rounding.
+CUBIC_REACH_PX = 3.0
 # cv2.pyrDown's kernel: the 5-tap binomial.
 PYRAMID_TAPS = (1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16)
 
@@ -76,12 +78,12 @@ def warp_face(image: torch.Tensor, face: FaceRecord, *, interpolation: str = "cu
     scale = affine_scale(matrix)
     shrink = 1.0 / scale
     # Only the region under the crop is read: the cubic's reach, plus the anti-aliasing filter's when shrinking.
-    margin = prefilter_support(shrink) if scale < SHRINK_THRESHOLD else 3.0
+    margin = prefilter_support(shrink) if scale < SHRINK_THRESHOLD else CUBIC_REACH_PX
     x0, y0, x1, y1 = source_rectangle(matrix, size, margin=margin)
     region = _chw(_crop_region(image, x0, y0, x1, y1, BORDERS[border]))
     source, filtered_from_region = _antialias(region, shrink)
     filtered_from_image = compose_affine(filtered_from_region, translate_affine(-x0, -y0))
-    source_from_crop = cv2.invertAffineTransform(compose_affine(matrix, cv2.invertAffineTransform(filtered_from_image)))
+    source_from_crop = compose_affine(filtered_from_image, cv2.invertAffineTransform(matrix))
     crop = _sample(source, source_from_crop, (size, size), interpolation)
     return _hwc(crop).clamp(0.0, 1.0)
 
