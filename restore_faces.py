@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Restore every face in images with GPEN, outside ComfyUI: `python restore_faces.py --input face.jpg`.
 
-See `python restore_faces.py --help`. The work is done by `face_utils/cli.py`, on the same pipeline the nodes use.
+See `python restore_faces.py --help`. The work is done by `cli/`, on the same pipeline the nodes use.
 """
 
 from __future__ import annotations
@@ -32,6 +32,6 @@ def load_package() -> types.ModuleType:
 
 if __name__ == "__main__":
     load_package()
-    from comfyui_gpen_restore.face_utils import cli
+    from comfyui_gpen_restore.cli import main as cli
 
     sys.exit(cli.main(script_dir=Path(__file__).resolve().parent))

@@ -16,7 +16,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from comfyui_gpen_restore.face_utils import PasteSettings, cli, load_detector, pipeline
+from comfyui_gpen_restore.cli import main as cli
+from comfyui_gpen_restore.cli.image_files import ImageFileError, read_image
+from comfyui_gpen_restore.face_utils import PasteSettings, load_detector, pipeline
 from comfyui_gpen_restore.gpen_arch import GpenRunner
 from nodes_support import DETECTOR, REPO_ROOT, image_batch, models_dir, read_rgb, save_gpen  # noqa: F401
 from test_gpen_loader import CodePayload
@@ -180,7 +182,7 @@ def test_exif_orientation_is_applied(home):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(pixels).save(home / "phone.jpg", exif=exif)
-    image, depth = cli.read_image(home / "phone.jpg")
+    image, depth = read_image(home / "phone.jpg")
     assert image.shape == (80, 40, 3) and depth == 8  # upright, as a viewer shows it
     assert image[:35].mean() > 0.9 and image[45:].mean() < 0.1  # the white half is now on top
 
@@ -241,17 +243,17 @@ def test_incomplete_images_are_refused_whatever_the_decoder_does(home, fixtures_
     path = home / f"damaged{'.jpg' if damage.startswith('jpeg') else '.png' if 'png' in damage else '.webp'}"
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="truncated or corrupt image"):  # an ImageFileError
-        cli.read_image(path)
+        read_image(path)
 
 
 def test_whole_images_pass_the_completeness_check(home, fixtures_dir):
     for name in ("astronaut.png", "grace_hopper.jpg"):
-        image, depth = cli.read_image(fixtures_dir / "images" / name)
+        image, depth = read_image(fixtures_dir / "images" / name)
         assert image.ndim == 3 and depth == 8
     for suffix in (".webp", ".bmp", ".tif"):
         ok, encoded = cv2.imencode(suffix, np.full((16, 24, 3), 200, np.uint8))
         (home / f"whole{suffix}").write_bytes(encoded.tobytes())
-        assert cli.read_image(home / f"whole{suffix}")[0].shape == (16, 24, 3)
+        assert read_image(home / f"whole{suffix}")[0].shape == (16, 24, 3)
 
 
 def test_empty_and_non_image_inputs_are_named_so(models_dir, home, fixtures_dir, capsys):
@@ -413,8 +415,8 @@ def test_damaged_images_of_other_formats_are_not_called_non_images(home):
     ok, encoded = cv2.imencode(".tif", np.full((64, 64, 3), 100, np.uint8))
     data = encoded.tobytes()
     (home / "cut.tif").write_bytes(data[: len(data) // 2])
-    with pytest.raises(cli.ImageFileError, match=r"truncated or corrupt image \(\d+ bytes; a TIFF"):
-        cli.read_image(home / "cut.tif")
+    with pytest.raises(ImageFileError, match=r"truncated or corrupt image \(\d+ bytes; a TIFF"):
+        read_image(home / "cut.tif")
 
 
 def test_a_bad_checksum_in_an_ancillary_png_chunk_is_tolerated_like_libpng_does(home, fixtures_dir):
@@ -423,7 +425,7 @@ def test_a_bad_checksum_in_an_ancillary_png_chunk_is_tolerated_like_libpng_does(
     chunk = b"tEXt" + b"Comment\x00hello"
     text = len(chunk[4:]).to_bytes(4, "big") + chunk + b"\x00\x00\x00\x00"  # a wrong CRC
     (home / "text.png").write_bytes(data[:33] + text + data[33:])  # after the 8-byte signature and IHDR
-    assert cli.read_image(home / "text.png")[0].shape == (8, 8, 3)
+    assert read_image(home / "text.png")[0].shape == (8, 8, 3)
 
 
 def test_results_get_the_permissions_of_any_new_file(models_dir, home):

@@ -13,8 +13,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-from comfyui_gpen_restore.face_utils import video_files
-from comfyui_gpen_restore.face_utils.video_files import VideoFrames
+from comfyui_gpen_restore.cli import video_files
+from comfyui_gpen_restore.cli.video_files import VideoFrames
 from nodes_support import models_dir, read_rgb  # noqa: F401
 from test_cli import base_args, home, one_error_line, run  # noqa: F401
 

@@ -1,8 +1,8 @@
-"""Command line: restore every face in image files, folders, videos and frame sequences, through the same
-pipeline as the ComfyUI nodes.
+"""The command line's options and entry point: restore every face in image files, folders, videos and frame
+sequences, through the same pipeline as the ComfyUI nodes.
 
 Run it with the script at the pack's root: `python restore_faces.py --input photo.jpg --output out/`. Videos and
-`--sequence` folders go through `frame_jobs` (faces tracked and smoothed over all frames, as in the nodes).
+`--sequence` folders go through `frame_jobs`; each kind of job runs in `restore` (faces tracked and smoothed over all frames, as in the nodes).
 
 torch and OpenCV take seconds to import, so this module and the ones it imports at the top (parsing and planning
 the command line) need neither: `--help` and a mistyped option or path are answered at once, and the pipeline's
@@ -12,27 +12,23 @@ modules are imported by the functions that use them, once there is work to do.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..face_utils.choices import DEFAULT_EROSION, DEFAULT_FEATHER, DEFAULT_MAX_GAP, DETECTORS, MASK_SHAPES
+from ..face_utils.choices import ORDERS, TEMPLATES
 from ..gpen_arch.choices import DEFAULT_STRENGTH, PRECISIONS
 from ..gpen_arch.errors import MissingDependencyError, UnsupportedCheckpointError
-from . import frame_jobs
-from .choices import DEFAULT_EROSION, DEFAULT_FEATHER, DEFAULT_MAX_GAP, DETECTORS, MASK_SHAPES, ORDERS, TEMPLATES
-from .cli_jobs import CommandLineError, Job, plan_all
-from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
-from .image_files import ImageFileError, read_image, write_image
+from .frame_jobs import SequenceJob, VideoJob
+from .jobs import CommandLineError, Job, plan_all
 from .progress import ProgressLine
-from .video_files import VIDEO_SUFFIXES, VideoFileError, import_av
+from .video_files import VIDEO_SUFFIXES, import_av
 
 if TYPE_CHECKING:
     import torch
-
-    from . import pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +135,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
     GPEN's, a library not installed) become `CommandLineError`s."""
     jobs, sequences = plan_all(args)  # before any heavy import: a wrong path is reported at once
-    from .weights import WeightsUnavailableError  # imports torch: deferred until the paths are known to be good
+    from ..face_utils.weights import WeightsUnavailableError  # imports torch: deferred until the paths are known to be good
 
     try:
         return _restore(args, jobs, sequences, script_dir)
@@ -150,13 +146,11 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
 def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob | SequenceJob],
              script_dir: Path) -> int:
     # The pipeline and the model need torch and OpenCV: imported only now that the command line has been checked.
+    from ..face_utils import pipeline
+    from ..face_utils.paste import PasteSettings
     from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS
-    from ..gpen_arch.runner import CropShapeError, GpenRunner, check_strength
-    from . import pipeline
-    from .conversion import frames_to_image
-    from .detection import load_detector
-    from .parsing import load_face_parser
-    from .paste import PasteSettings
+    from ..gpen_arch.runner import check_strength
+    from . import restore
 
     try:
         check_strength(args.strength)
@@ -178,80 +172,22 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     check_model_path(model_path)
     # Where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
     model_advice = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
-    runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile, where_to_get=model_advice,
-                             **_half_support(device))
-    if not runner.is_onnx:
-        runner.module.to(device)
-    detect_settings = dataclasses.replace(detect_settings, crop_size=runner.size)
-    logger.info("%r from %s on %s", runner, model_path, device)
-
-    def restore(crops: torch.Tensor, on_face) -> torch.Tensor:
-        return runner.restore(crops, device=device, strength=args.strength, on_face=on_face, output_device=crops.device)
-
     progress = ProgressLine(len(jobs))
-    failures: list[str] = []
-    size = runner.size
+    session = restore.Session.start(args, model_path, device, model_advice, detect_settings, paste_settings,
+                                    progress)
     if args.aligned:
-        for job in jobs:
-            try:
-                image, depth = read_image(job.source)
-                restored = restore(frames_to_image([image]), progress.face)
-                write_image(job.target, restored[0].numpy(), depth)
-            except (ImageFileError, CropShapeError) as exc:  # this image fails, the others go on
-                failures.append(_failure(job, exc))
-            else:
-                progress.report(f"{job.target}: face crop restored at {size}x{size} (the model's size)")
-            progress.image_done()
+        failures = restore.restore_aligned(session, jobs)
     else:
-        detector_dir = args.detector_dir or default_detector_dir(roots, model_path, args.detector)
-        detector = load_detector(args.detector, detector_dir, device=device)
-        parser = None
-        if args.mask_shape == "parsing":
-            parser = load_face_parser(args.detector_dir or default_detector_dir(roots, model_path, "parsenet"),
-                                      device=device)
-        pixels_on = pipeline.pixel_device(device, paste_settings.interpolation)
+        def weights_dir(weights: str) -> Path:
+            return args.detector_dir or default_detector_dir(roots, model_path, weights)
+
+        faces = restore.Faces.load(session, args.detector, weights_dir(args.detector),
+                                   weights_dir("parsenet") if args.mask_shape == "parsing" else None)
         found: list[dict] = []  # the --faces-json entries
-        for job in jobs:
-            try:
-                image, depth = read_image(job.source)
-                out, _mask, faces = pipeline.restore_image(
-                    frames_to_image([image]), detector, lambda crops, _on_face: restore(crops, progress.face),
-                    detect_settings, paste_settings, parser=parser, device=pixels_on,
-                )
-                write_image(job.target, out[0].numpy(), depth)
-            except (ImageFileError, pipeline.FaceInputError) as exc:
-                failures.append(_failure(job, exc))
-            else:
-                found += faces_entries(faces, [job.source])
-                count = len(faces)
-                progress.report(f"{job.target}: {count} face{'s' if count != 1 else ''} restored" if count else
-                                f"{job.target}: no face found, written unchanged")
-            progress.image_done()
-
-        def restore_counted(crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
-            def face_done() -> None:
-                on_face()
-                progress.face()
-
-            return restore(crops, face_done)
-
-        def run_frames(frames: pipeline.FrameSource, on_frame: pipeline.FrameSink) -> pipeline.FaceSet:
-            progress.begin(len(frames), "frames")
-            return pipeline.restore_frames(frames, detector, restore_counted, detect_settings, paste_settings,
-                                           on_frame, parser=parser, on_progress=progress.steps, device=pixels_on)
-
-        for job in sequences:
-            try:
-                found += _restore_frames_job(job, run_frames, progress)
-            except (ImageFileError, VideoFileError, pipeline.FaceInputError) as exc:
-                failures.append(str(exc))
+        failures = restore.restore_photos(session, faces, jobs, found)
+        failures += restore.restore_sequences(session, faces, sequences, found)
         if args.faces_json is not None:
-            try:
-                write_faces_json(args.faces_json, found)
-            except ImageFileError as exc:
-                failures.append(str(exc))
-            else:
-                progress.report(f"{args.faces_json}: the faces of {len(found)} frame(s) recorded")
+            failures += restore.write_faces(args.faces_json, found, progress)
     progress.finish()
     if failures:
         noun = "input(s)" if sequences else "image(s)"
@@ -261,22 +197,6 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
             print(f"  {failure}", file=sys.stderr)
         return 1
     return 0
-
-
-def _restore_frames_job(job: VideoJob | SequenceJob, run_frames: Callable[..., pipeline.FaceSet],
-                        progress: ProgressLine) -> list[dict]:
-    """Restore a video or a --sequence folder, report it, and return its --faces-json entries."""
-    if isinstance(job, VideoJob):
-        faces, audio = frame_jobs.restore_video(job, run_frames, progress.image_done)
-        where, images, sound = job.target, None, f"; {audio}"
-    else:
-        faces = frame_jobs.restore_sequence(job, run_frames, progress.image_done)
-        where, images, sound = job.output, job.frames, ""
-    frames = faces.frame_count
-    with_faces = len(faces.positions_by_frame())
-    progress.report(f"{where}: {len(faces)} face(s) restored in {with_faces} of {frames} frame(s){sound}"
-                    if len(faces) else f"{where}: no face found in its {frames} frame(s), written unchanged{sound}")
-    return faces_entries(faces, images)
 
 
 # The settings' own names in their checks' messages, and the options that set them.
@@ -290,22 +210,6 @@ def _with_option_names(message: str) -> str:
         if message.startswith(name):
             return option + message[len(name):]
     return message
-
-
-def _half_support(device: torch.device) -> dict[str, bool]:
-    """What `device` runs well besides fp32, for precision "auto": fp16 on CUDA GPUs with tensor cores (compute
-    capability 7.0 and later), bf16 where CUDA supports it; fp32 elsewhere (emulated half precision on CPUs is
-    many times slower)."""
-    import torch  # deferred: see the module's docstring
-
-    if device.type != "cuda":
-        return {"fp16_ok": False, "bf16_ok": False}
-    return {"fp16_ok": torch.cuda.get_device_capability(device) >= (7, 0), "bf16_ok": torch.cuda.is_bf16_supported()}
-
-
-def _failure(job: Job, exc: Exception) -> str:
-    """One line on why `job` failed; image-file errors already name their file."""
-    return str(exc) if isinstance(exc, ImageFileError) else f"{job.source}: {exc}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -373,7 +277,7 @@ def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) 
     model's folder when that is a `facerestore_models` folder (a ComfyUI layout), else under `roots`. When none
     holds it, the first of those, where it is then downloaded."""
     from ..gpen_arch.files import RESTORE_FOLDER  # deferred, as both modules import torch
-    from .weights import DETECTION_FOLDER, KNOWN_WEIGHTS, folder_with_file
+    from ..face_utils.weights import DETECTION_FOLDER, KNOWN_WEIGHTS, folder_with_file
 
     model_folder = model_path.resolve().parent
     candidates = [root / DETECTION_FOLDER for root in roots]

@@ -1,0 +1,179 @@
+"""The command line's work, once its options are checked: the model and detector are loaded once (`Session`),
+then each kind of job runs through its own function: aligned crops (`restore_aligned`), photos (`restore_photos`),
+videos and `--sequence` folders (`restore_sequences`). Each returns the failures of its jobs (one line each); a
+failing input never stops the others.
+
+Imported by `main` only once there is work to do: everything here needs torch and OpenCV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..face_utils import pipeline
+from ..face_utils.conversion import frames_to_image
+from ..face_utils.detection import FaceDetector, load_detector
+from ..face_utils.parsing import FaceParser, load_face_parser
+from ..face_utils.paste import PasteSettings
+from ..gpen_arch.runner import CropShapeError, GpenRunner
+from . import frame_jobs
+from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
+from .image_files import ImageFileError, read_image, write_image
+from .jobs import Job
+from .progress import ProgressLine
+from .video_files import VideoFileError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    """What every job of one run shares: the model on its device, the settings, the progress line."""
+
+    runner: GpenRunner
+    device: torch.device
+    strength: float
+    detect_settings: pipeline.DetectSettings
+    paste_settings: PasteSettings
+    progress: ProgressLine
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, model_path: Path, device: torch.device, model_advice: str,
+              detect_settings: pipeline.DetectSettings, paste_settings: PasteSettings,
+              progress: ProgressLine) -> Session:
+        runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile,
+                                 where_to_get=model_advice, **_half_support(device))
+        if not runner.is_onnx:
+            runner.module.to(device)
+        logger.info("%r from %s on %s", runner, model_path, device)
+        # The model's size replaces the crop size now that it is known.
+        detect_settings = dataclasses.replace(detect_settings, crop_size=runner.size)
+        return cls(runner, device, args.strength, detect_settings, paste_settings, progress)
+
+    def restore(self, crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
+        """GPEN on crops `[n, S, S, C]`, the result on the crops' device; counts each face on the progress line."""
+
+        def face_done() -> None:
+            on_face()
+            self.progress.face()
+
+        return self.runner.restore(crops, device=self.device, strength=self.strength, on_face=face_done,
+                                   output_device=crops.device)
+
+
+@dataclass
+class Faces:
+    """The face-finding half of a session: the detector, the parser for the "parsing" mask (else None), and the
+    pixel backend the paste runs on."""
+
+    detector: FaceDetector
+    parser: FaceParser | None
+    pixels: object
+
+    @classmethod
+    def load(cls, session: Session, detector: str, detector_dir: Path, parser_dir: Path | None) -> Faces:
+        parser = None if parser_dir is None else load_face_parser(parser_dir, device=session.device)
+        return cls(load_detector(detector, detector_dir, device=session.device), parser,
+                   pipeline.pixel_device(session.device, session.paste_settings.interpolation))
+
+
+def restore_aligned(session: Session, jobs: Sequence[Job]) -> list[str]:
+    """`--aligned`: each image is one face crop, restored whole and written at the model's size."""
+    failures = []
+    size = session.runner.size
+    for job in jobs:
+        try:
+            image, depth = read_image(job.source)
+            restored = session.restore(frames_to_image([image]), lambda: None)
+            write_image(job.target, restored[0].numpy(), depth)
+        except (ImageFileError, CropShapeError) as exc:  # this image fails, the others go on
+            failures.append(_failure(job, exc))
+        else:
+            session.progress.report(f"{job.target}: face crop restored at {size}x{size} (the model's size)")
+        session.progress.image_done()
+    return failures
+
+
+def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: list[dict]) -> list[str]:
+    """Photos: each image on its own (no tracking across images); their faces are added to `found`."""
+    failures = []
+    for job in jobs:
+        try:
+            image, depth = read_image(job.source)
+            out, _mask, restored = pipeline.restore_image(
+                frames_to_image([image]), faces.detector, session.restore, session.detect_settings,
+                session.paste_settings, parser=faces.parser, device=faces.pixels,
+            )
+            write_image(job.target, out[0].numpy(), depth)
+        except (ImageFileError, pipeline.FaceInputError) as exc:
+            failures.append(_failure(job, exc))
+        else:
+            found += faces_entries(restored, [job.source])
+            count = len(restored)
+            session.progress.report(f"{job.target}: {count} face{'s' if count != 1 else ''} restored" if count else
+                                    f"{job.target}: no face found, written unchanged")
+        session.progress.image_done()
+    return failures
+
+
+def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | SequenceJob],
+                      found: list[dict]) -> list[str]:
+    """Videos and `--sequence` folders: faces tracked and smoothed over all frames; their faces are added to
+    `found`."""
+    progress = session.progress
+
+    def run_frames(frames: pipeline.FrameSource, on_frame: pipeline.FrameSink) -> pipeline.FaceSet:
+        progress.begin(len(frames), "frames")
+        return pipeline.restore_frames(frames, faces.detector, session.restore, session.detect_settings,
+                                       session.paste_settings, on_frame, parser=faces.parser,
+                                       on_progress=progress.steps, device=faces.pixels)
+
+    failures = []
+    for job in jobs:
+        try:
+            if isinstance(job, VideoJob):
+                restored, audio = frame_jobs.restore_video(job, run_frames, progress.image_done)
+                where, images, sound = job.target, None, f"; {audio}"
+            else:
+                restored = frame_jobs.restore_sequence(job, run_frames, progress.image_done)
+                where, images, sound = job.output, job.frames, ""
+        except (ImageFileError, VideoFileError, pipeline.FaceInputError) as exc:
+            failures.append(str(exc))
+            continue
+        frames, with_faces = restored.frame_count, len(restored.positions_by_frame())
+        progress.report(f"{where}: {len(restored)} face(s) restored in {with_faces} of {frames} frame(s){sound}"
+                        if len(restored) else f"{where}: no face found in its {frames} frame(s), written unchanged"
+                        f"{sound}")
+        found += faces_entries(restored, images)
+    return failures
+
+
+def write_faces(path: Path, found: list[dict], progress: ProgressLine) -> list[str]:
+    """The `--faces-json` file; its failure, if any."""
+    try:
+        write_faces_json(path, found)
+    except ImageFileError as exc:
+        return [str(exc)]
+    progress.report(f"{path}: the faces of {len(found)} frame(s) recorded")
+    return []
+
+
+def _half_support(device: torch.device) -> dict[str, bool]:
+    """What `device` runs well besides fp32, for precision "auto": fp16 on CUDA GPUs with tensor cores (compute
+    capability 7.0 and later), bf16 where CUDA supports it; fp32 elsewhere (emulated half precision on CPUs is
+    many times slower)."""
+    if device.type != "cuda":
+        return {"fp16_ok": False, "bf16_ok": False}
+    return {"fp16_ok": torch.cuda.get_device_capability(device) >= (7, 0), "bf16_ok": torch.cuda.is_bf16_supported()}
+
+
+def _failure(job: Job, exc: Exception) -> str:
+    """One line on why `job` failed; image-file errors already name their file."""
+    return str(exc) if isinstance(exc, ImageFileError) else f"{job.source}: {exc}"
