@@ -379,7 +379,7 @@ class GPENPasteFaces(io.ComfyNode):
                 opacity) -> io.NodeOutput:
         check_image(image)
         check_image(face_crops, name="face_crops")
-        settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather, strength=opacity,
+        settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather, opacity=opacity,
                                  color_correction=color_correction)
         if not len(faces):
             logger.info("%s: no faces to paste (%s); the image passes through unchanged", _title(cls),

@@ -246,7 +246,7 @@ def scene_frames(scene: str):
     import numpy as np
     from comfyui_gpen_restore.face_utils import load_detector
     from crowd_support import face_sources, make_crowd
-    from nodes_support import read_rgb
+    from support import read_rgb
 
     if scene == "photo":
         rgb = read_rgb(FIXTURES / "images" / "grace_hopper.jpg")

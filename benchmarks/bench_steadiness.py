@@ -6,7 +6,7 @@
 The real landmarks RetinaFace (MobileNet-0.25, the fixture detector) finds on tests/fixtures/images/
 grace_hopper.jpg are moved along known paths, with independent Gaussian noise per frame on every landmark and box
 coordinate (`--noise`, in face sizes: detectors jitter by ~1-2 % on video), then run through
-`face_utils.tracking` (`assign_tracks`, then `smooth_tracks` at strength 1). Scenes: a still face, one moving at
+`face_utils.tracking` (`assign_tracks`, then `smooth_tracks` at smoothing 1). Scenes: a still face, one moving at
 constant velocity, one swaying (0.3 face sizes, 50-frame period), a scene cut (a jump of 1.3 face sizes), and the
 swaying face with detector misses of 3 and 5 frames (gap filling). Pixel flicker of the pasted faces needs the full
 pipeline (GPEN and paste-back) and is not measured here. Prints a Markdown table; the numbers are means over seeds.

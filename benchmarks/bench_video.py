@@ -121,7 +121,7 @@ def parse_run(spec: str) -> tuple[str, int]:
 
 
 def save_weights(model: str, path: Path) -> Path:
-    """A randomly initialised GPEN of architecture `model` saved as a state dict, as tests/nodes_support.py's
+    """A randomly initialised GPEN of architecture `model` saved as a state dict, as tests/support.py's
     `save_gpen` does (upstream's init, seeded)."""
     import torch
 

@@ -161,7 +161,7 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
             detection_size=args.detection_size,
         )
         paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
-                                       strength=1.0, color_correction=not args.no_color_correction)
+                                       color_correction=not args.no_color_correction)
     except ValueError as exc:
         raise CommandLineError(_with_option_names(str(exc))) from exc
     device = resolve_device(args.device)

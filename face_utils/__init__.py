@@ -40,12 +40,17 @@ Detection (`face_utils.detection`)
         (facexlib's own device attributes included) for offloading. detection_size is the long side of the copy
         the network sees (only ever shrunk); 0 = full resolution, in overlapping tiles plus a quarter-scale pass
         above 1920x1088, detections merged; coordinates are mapped back to `image`. No face -> [] and an
-        info log line.
+        info log line. Settings are checked by `pipeline.DetectSettings` (their one owner), not here.
+
+Selection (`face_utils.selection`; the one implementation of these rules)
     ORDERS = ("largest", "left_to_right", "top_to_bottom", "best_score")
-    select_faces(faces, *, order="largest", index="all", max_faces=0) -> list[FaceRecord]: index is "all" (or
-        empty) or comma-separated positions in the chosen order ("0", "0, 2", "-1" = last); positions past the
-        faces found are ignored with a warning; a malformed spec raises ValueError showing the syntax.
-        parse_index_spec(index) -> list[int] | None.
+    order_faces(faces, order) -> list[FaceRecord]: ties keep the input order.
+    parse_index_spec(index) -> list[int] | None: "all" (or empty) -> None, else comma-separated positions ("0",
+        "0, 2", "-1" = the last); a malformed spec raises ValueError showing the syntax.
+    pick(items, index): the items at those positions, in the order written, each once; positions past the end
+        are logged and ignored.
+    select_tracks(tracks, *, index, max_faces, min_face_size): tracks by id (numbered in `order` by tracking),
+        less those under min_face_size, at most max_faces.
 
 Alignment (`face_utils.alignment`)
     TEMPLATES = ("gpen", "ffhq"): upstream GPEN's own five-point template (default) and the FFHQ-512 template
@@ -60,13 +65,13 @@ Alignment (`face_utils.alignment`)
 
 Paste-back (`face_utils.paste`)
     MASK_SHAPES = ("ellipse", "box", "parsing")
-    PasteSettings(mask_shape="ellipse", erosion=0.04, feather=0.1, strength=1.0, color_correction=True,
+    PasteSettings(mask_shape="ellipse", erosion=0.04, feather=0.1, opacity=1.0, color_correction=True,
         interpolation="cubic"): erosion and feather are fractions of the crop side, i.e. of the face.
     paste_faces(image, crops, faces, settings=PasteSettings(), *, parser=None) -> (image, mask [H, W]): image
         may be the detection frame or any uniformly scaled copy (CanvasMismatchError otherwise); crops may have
-        any size and channel count; strength blends restored with original pixels; colour correction matches
+        any size and channel count; opacity blends restored with original pixels; colour correction matches
         the restored face's low-frequency colour to the original under the mask; later faces go over earlier
-        ones; mask is the union of the face masks (strength excluded). Outside the mask the result is
+        ones; mask is the union of the face masks (opacity excluded). Outside the mask the result is
         bit-identical to the input, and only the rectangle under each crop is computed.
     face_mask_uv(u, v, shape, erosion, feather): the geometric masks in normalised crop coordinates.
     canvas_scale_xy(canvas_hw, frame_hw): per-axis scale from the detection frame to a canvas; raises
@@ -77,7 +82,7 @@ Paste-back (`face_utils.paste`)
 Tracking (`face_utils.tracking`)
     assign_tracks(frames, *, order, max_gap) -> [Track]: per-frame detections linked into people with stable
         ids (numbered by `order` in the frame each first appears), short gaps filled by interpolation;
-        select_tracks(tracks, *, index, max_faces, min_face_size); smooth_tracks(tracks, *, strength): two-sided,
+        smooth_tracks(tracks, *, smoothing): two-sided,
         zero-lag smoothing of landmarks and boxes that never crosses a scene cut; smooth_series for any
         per-frame statistic.
 
@@ -112,11 +117,12 @@ import importlib
 _EXPORTS = {
     "alignment": ("AlignmentError", "align_face", "reference_points", "similarity_transform", "warp_face"),
     "choices": ("DETECTORS", "MASK_SHAPES", "ORDERS", "TEMPLATES"),
-    "detection": ("FaceDetector", "load_detector", "parse_index_spec", "select_faces"),
+    "detection": ("FaceDetector", "load_detector"),
     "images": ("ImageFormatError",),
     "parsing": ("FaceParser", "load_face_parser"),
     "paste": ("CanvasMismatchError", "PasteSettings", "canvas_scale_xy", "face_mask_uv", "paste_faces"),
     "records": ("LANDMARK_NAMES", "FaceRecord", "FaceRecordError"),
+    "selection": ("order_faces", "parse_index_spec", "pick", "select_tracks"),
     "weights": ("KNOWN_WEIGHTS", "ChecksumError", "WeightsSpec", "WeightsUnavailableError", "resolve_known_weights",
                 "resolve_weights"),
 }

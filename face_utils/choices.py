@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # Face detectors `detection.load_detector` knows.
 DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25", "yunet")
-# How `detection.select_faces` and the tracks number faces.
+# How faces and tracks are numbered (`selection.order_faces`).
 ORDERS = ("largest", "left_to_right", "top_to_bottom", "best_score")
 # Alignment templates (`alignment.reference_points`): upstream GPEN's own and FFHQ's.
 TEMPLATES = ("gpen", "ffhq")

@@ -1,10 +1,9 @@
-"""Face detection (facexlib's RetinaFace, OpenCV's YuNet) and face selection (order, index, count)."""
+"""Face detection (facexlib's RetinaFace, OpenCV's YuNet)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 
 from ..gpen_arch.errors import UnsupportedCheckpointError
-from .choices import DETECTORS, ORDERS
+from .choices import DETECTORS
 from .images import check_image, to_rgb
 from .records import FaceRecord
 from .weights import KNOWN_WEIGHTS, WeightsUnavailableError, load_state_dict_into, resolve_known_weights
@@ -62,8 +61,6 @@ BGR_FROM_RGB = [2, 1, 0]
 PRIOR_CACHE_SIZE = 16
 # Candidates YuNet keeps before non-maximum suppression (OpenCV's default).
 YUNET_TOP_K = 5000
-
-_INDEX_SPEC = re.compile(r"^\s*-?\d+\s*(,\s*-?\d+\s*)*$")
 
 
 class FaceDetector:
@@ -116,12 +113,6 @@ class FaceDetector:
             (logged) when there is none.
         """
         image = check_image(image)
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in 0..1, got {score_threshold}")
-        if detection_size < 0:
-            raise ValueError(
-                f"detection_size must be 0 (full resolution) or a positive long side in pixels, got {detection_size}"
-            )
         height, width = image.shape[:2]
         rgb = to_rgb(image)
         long_side = min(detection_size or max(height, width), max(height, width))
@@ -493,73 +484,3 @@ def _fold_batch_norms(net: torch.nn.Module) -> None:
             if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
                 setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
                 setattr(module, bn_name, torch.nn.Identity())
-
-
-def select_faces(
-    faces: Sequence[FaceRecord],
-    *,
-    order: str = "largest",
-    index: str = "all",
-    max_faces: int = 0,
-) -> list[FaceRecord]:
-    """Sort `faces` by `order`, keep those at the positions in `index`, then at most `max_faces` (0 = no limit).
-
-    Orders (`ORDERS`): "largest" (box area, descending), "left_to_right" and "top_to_bottom" (box centre),
-    "best_score" (descending). Ties keep the input order.
-
-    `index` is "all" (or empty) or comma-separated positions in the sorted list, for example "0" or "0, 2";
-    negative positions count from the end ("-1" is the last). Faces come out in the order the positions are
-    written, each at most once. Positions beyond the faces found are ignored with a log warning, since how
-    many faces a frame holds is not known in advance.
-    """
-    if order not in ORDERS:
-        raise ValueError(f"Unknown face order {order!r}; expected one of {ORDERS}")
-    if max_faces < 0:
-        raise ValueError(f"max_faces must be 0 (no limit) or positive, got {max_faces}")
-    positions = parse_index_spec(index)
-
-    keys = {
-        "largest": lambda f: -_box_area(f),
-        "left_to_right": lambda f: (f.box_xyxy[0] + f.box_xyxy[2]) / 2,
-        "top_to_bottom": lambda f: (f.box_xyxy[1] + f.box_xyxy[3]) / 2,
-        "best_score": lambda f: -f.score,
-    }
-    ordered = sorted(faces, key=keys[order])
-    if positions is None:
-        chosen = ordered
-    else:
-        chosen, seen, missing = [], set(), []
-        for position in positions:
-            if not -len(ordered) <= position < len(ordered):
-                missing.append(position)
-                continue
-            resolved = position % len(ordered)
-            if resolved not in seen:
-                seen.add(resolved)
-                chosen.append(ordered[resolved])
-        if missing:
-            logger.warning(
-                "Face index %s not found: only %d face(s) (positions 0..%d); ignoring them",
-                missing, len(ordered), len(ordered) - 1,
-            )
-    return chosen[:max_faces] if max_faces else chosen
-
-
-def parse_index_spec(index: str) -> list[int] | None:
-    """Positions written in a face index spec; None for "all" (see `select_faces`)."""
-    if not isinstance(index, str):
-        raise ValueError(f"Face index must be a string such as 'all', '0' or '0,2', got {type(index).__name__}")
-    text = index.strip()
-    if text.lower() in ("", "all"):
-        return None
-    if not _INDEX_SPEC.match(text):
-        raise ValueError(
-            f"Face index {index!r} is not understood; expected 'all' or comma-separated face positions counted "
-            "from 0 in the chosen order, for example '0' or '0,2' ('-1' = the last face)"
-        )
-    return [int(part) for part in text.split(",")]
-
-
-def _box_area(face: FaceRecord) -> float:
-    x0, y0, x1, y1 = face.box_xyxy
-    return max(x1 - x0, 0.0) * max(y1 - y0, 0.0)

@@ -153,7 +153,7 @@ def _blend_one(
     y0, y1, x0, x1 = face.box_yyxx
     region_combined = combined[y0:y1, x0:x1]
     region_combined += face.mask * (1.0 - region_combined)  # the union, as paste._blend_one writes it
-    if settings.strength == 0.0:
+    if settings.opacity == 0.0:
         return
     channels = _colour_channels(result)
     current = result[y0:y1, x0:x1, :channels]
@@ -167,7 +167,7 @@ def _blend_one(
                                  colour.reference_std / own.reference_std.clamp(min=1e-4), 1.0)
             reference = (reference - own.reference_mean) * spread + colour.reference_mean
         restored = _colour_apply(reference, restored, face.mask, face.face_side_px, *_gain_offset(colour))
-    target = original_region + settings.strength * (restored - original_region)
+    target = original_region + settings.opacity * (restored - original_region)
     weight = face.mask[:, :, None]
     current.copy_(torch.where(weight > 0.0, current + weight * (target - current), current))
 

@@ -49,8 +49,8 @@ class PasteSettings:
         erosion: how far the mask's outer edge lies inside the shape, as a fraction of the crop side (which
             alignment makes proportional to the face). 0.04 keeps clear of the crop's border pixels.
         feather: width of the soft transition, inward from the eroded edge, as a fraction of the crop side.
-        strength: 1 pastes the restored face, 0 leaves the image unchanged; between, the restored face is blended
-            with the original pixels (upstream GPEN uses 0.8 for its 2048 model).
+        opacity: how much of the pasted face shows over the original inside the mask: 1 all of it, 0 none (the
+            image unchanged). GPEN's own blend with its input (upstream's 0.8) is the runner's `strength`, not this.
         color_correction: match the low-frequency colour and tone of the restored face to the original under the
             mask (a per-channel mean/contrast match over the face, then a smooth local mean match), which removes
             colour casts and the visible edge they make; the detail the restorer added is kept.
@@ -60,7 +60,7 @@ class PasteSettings:
     mask_shape: str = "ellipse"
     erosion: float = DEFAULT_EROSION
     feather: float = DEFAULT_FEATHER
-    strength: float = 1.0
+    opacity: float = 1.0
     color_correction: bool = True
     interpolation: str = "cubic"
 
@@ -71,8 +71,8 @@ class PasteSettings:
             raise ValueError(f"erosion is a fraction of the crop side in [0, 0.5), got {self.erosion}")
         if not 0.0 <= self.feather <= 0.5:
             raise ValueError(f"feather is a fraction of the crop side in [0, 0.5], got {self.feather}")
-        if not 0.0 <= self.strength <= 1.0:
-            raise ValueError(f"strength must be in 0..1, got {self.strength}")
+        if not 0.0 <= self.opacity <= 1.0:
+            raise ValueError(f"opacity must be in 0..1, got {self.opacity}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"Unknown interpolation {self.interpolation!r}; expected one of {tuple(INTERPOLATIONS)}"
@@ -96,12 +96,12 @@ def paste_faces(
             image's; the image's alpha is kept) and any size s (the face's affine is rescaled from its
             `crop_size` to s).
         faces: aligned records (see `align_face`), in paste order: later faces go over earlier ones.
-        settings: mask, strength and colour options.
+        settings: mask, opacity and colour options.
         parser: needed when `settings.mask_shape` is "parsing" (see `load_face_parser`).
 
     Returns:
         (pasted image, float32 [H, W, C], a new array) and (mask, float32 [H, W] in 0..1: the union of the face
-        masks, strength not included). Wherever mask is 0 the image is bit-identical to the input.
+        masks, opacity not included). Wherever mask is 0 the image is bit-identical to the input.
     """
     image = check_image(image)
     return blend_faces(image, prepare_faces(image, crops, faces, settings, parser=parser), settings)
@@ -269,7 +269,7 @@ def _blend_one(
     # changes is inside the returned mask).
     region_combined += face.mask * (1.0 - region_combined)
     weight = face.mask
-    if not weight.any() or settings.strength == 0.0:
+    if not weight.any() or settings.opacity == 0.0:
         return
     channels = colour_channels(result)
     current = result[y0:y1, x0:x1, :channels]
@@ -283,12 +283,12 @@ def _blend_one(
             spread = np.where(own.reference_std > 1e-4, colour.reference_std / np.maximum(own.reference_std, 1e-4), 1)
             reference = ((reference - own.reference_mean) * spread + colour.reference_mean).astype(np.float32)
         restored = colour_apply(reference, restored, face.mask, face.face_side_px, *colour.gain_offset())
-    # The face's own blend with the original at `strength`, laid over what earlier faces left through its mask:
-    # where faces overlap, their restorations share the strength instead of each applying it again. Written in
+    # The face's own blend with the original at `opacity`, laid over what earlier faces left through its mask:
+    # where faces overlap, their restorations share the opacity instead of each applying it again. Written in
     # place through one buffer (a 700-px region: 26 -> 7 ms); where the weight is 0 the step is an exact 0.
     original_region = original[y0:y1, x0:x1, :channels]
     step = np.subtract(restored, original_region)
-    step *= np.float32(settings.strength)
+    step *= np.float32(settings.opacity)
     step += original_region  # the face's target
     step -= current
     step *= weight[:, :, None]

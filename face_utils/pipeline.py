@@ -27,20 +27,16 @@ import torch
 
 from ..gpen_arch.runner import resize_crops
 from . import device_faces
-from .alignment import TEMPLATES, align_face, warp_face
+from .alignment import align_face, warp_face
+from .choices import ORDERS, TEMPLATES
 from .conversion import frame_to_numpy, frames_to_image
-from .detection import FaceDetector, parse_index_spec
+from .detection import FaceDetector
 from .images import picture_fingerprint, same_picture
 from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy
 from .paste_stream import FrameSink, PasteStream
 from .records import FaceRecord
-from .tracking import (
-    DEFAULT_MAX_GAP,
-    assign_tracks,
-    faces_by_frame,
-    select_tracks,
-    smooth_tracks,
-)
+from .selection import parse_index_spec, select_tracks
+from .tracking import DEFAULT_MAX_GAP, assign_tracks, faces_by_frame, smooth_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +91,12 @@ class DetectSettings:
         parse_index_spec(self.index)
         if not 0.0 < self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in (0, 1], got {self.score_threshold}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
         if self.max_faces < 0:
             raise ValueError(f"max_faces must be 0 (no limit) or more, got {self.max_faces}")
+        if self.min_face_size < 0:
+            raise ValueError(f"min_face_size must be 0 (keep every face) or more pixels, got {self.min_face_size}")
         if self.crop_size < 8:
             raise ValueError(f"crop_size must be at least 8 pixels, got {self.crop_size}")
         if self.template not in TEMPLATES:
@@ -184,7 +184,7 @@ def detect_faces(
         tracks = assign_tracks(in_shot, order=settings.order, max_gap=settings.max_gap)
         tracks = select_tracks(tracks, index=settings.index, max_faces=settings.max_faces,
                                min_face_size=settings.min_face_size)
-        tracks = smooth_tracks(tracks, strength=settings.smoothing)
+        tracks = smooth_tracks(tracks, smoothing=settings.smoothing)
         for frame_index, frame_faces in enumerate(faces_by_frame(tracks, len(found))[start:stop], start):
             chosen += [
                 dataclasses.replace(align_face(face, crop_size=settings.crop_size, template=settings.template),

@@ -2,8 +2,8 @@
 
 A video batch is known in full before anything is pasted, so faces are linked frame to frame (`assign_tracks`),
 short detector misses are filled by interpolation, and each track's landmarks and box are smoothed with a
-two-sided, zero-lag filter (`smooth_tracks`). `select_tracks` chooses people the way `select_faces` chooses faces,
-once for the whole batch, so a person is restored in every frame or in none. `smooth_series` applies the same
+two-sided, zero-lag filter (`smooth_tracks`). Tracks are numbered in the chosen order (`selection.order_faces`), for
+`selection.select_tracks` to choose people once for the whole batch. `smooth_series` applies the same
 smoother to any per-frame statistic (the paste step's colour statistics) with the same segment boundaries.
 
 Conventions: frames are positions in the batch (0-based) and equal each record's `frame_index`; coordinates are
@@ -24,7 +24,7 @@ import numpy as np
 
 from .assignment import min_cost_assignment
 from .choices import DEFAULT_MAX_GAP
-from .detection import ORDERS, parse_index_spec, select_faces
+from .selection import order_faces
 from .records import FaceRecord
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ CUT_JUMP_FACE_SIZES = 1.0
 CUT_SIZE_RATIO = 1.5
 """So is a box-size change beyond this ratio between consecutive frames (a cut from a wide shot to a close-up)."""
 SMOOTHING_SIGMA_FRAMES = 5.0
-"""Gaussian window sigma (frames) of the local quadratic regression at strength 1. Detector landmark noise is
+"""Gaussian window sigma (frames) of the local quadratic regression at smoothing 1. Detector landmark noise is
 ~1-2 % of the face size per frame, independent between frames. At sigma 5 a still face's position error falls 3x
 (1.5 % -> 0.5 %, about a pixel on a 200-px face) and its frame-to-frame jitter 17x (benchmarks/bench_steadiness.py),
 while a head swaying with a 2 s period (60 frames) keeps 99 % of its amplitude. A local *linear* fit is as quiet
@@ -130,7 +130,7 @@ def assign_tracks(
     Args:
         frames: per frame, every unaligned record the detector found there (before any selection); the records
             of `frames[t]` must have `frame_index == t`.
-        order: one of `ORDERS` (as in `select_faces`): tracks first seen in frame 0 get ids 0..k-1 in this
+        order: one of `choices.ORDERS` (see `selection.order_faces`): tracks first seen in frame 0 get ids 0..k-1 in this
             order, tracks first seen later the next ids, by first frame and then by this order within it.
         max_gap: missed frames after which a track is not found again (0 = consecutive frames only).
 
@@ -145,10 +145,6 @@ def assign_tracks(
     Returns:
         Tracks sorted by `track_id` (0, 1, ...).
     """
-    if order not in ORDERS:
-        raise ValueError(f"Unknown face order {order!r}; expected one of {ORDERS}")
-    if max_gap < 0:
-        raise ValueError(f"max_gap must be 0 (no gaps) or more frames, got {max_gap}")
     sightings: list[dict[int, FaceRecord]] = []  # per internal track: frame -> detected record
     first_seen: dict[int, list[int]] = {}  # frame -> internal tracks that start there
     for t, faces in enumerate(frames):
@@ -172,45 +168,13 @@ def assign_tracks(
     numbered: list[int] = []
     for t in sorted(first_seen):
         starters = {id(sightings[k][t]): k for k in first_seen[t]}
-        numbered += [starters[id(face)] for face in select_faces([sightings[k][t] for k in first_seen[t]],
-                                                                 order=order)]
+        numbered += [starters[id(face)] for face in order_faces([sightings[k][t] for k in first_seen[t]], order)]
     tracks = [_filled_track(track_id, sightings[k]) for track_id, k in enumerate(numbered)]
     logger.debug(
         "Tracked %d face(s) over %d frame(s); %d gap frame(s) filled",
         len(tracks), len(frames), sum(len(track.filled_frames) for track in tracks),
     )
     return tracks
-
-
-def select_tracks(
-    tracks: Sequence[Track], *, index: str = "all", max_faces: int = 0, min_face_size: float = 0.0
-) -> list[Track]:
-    """Choose tracks as `select_faces` chooses faces, once for the whole batch.
-
-    `index` is "all" or positions parsed by `parse_index_spec`, here track ids ("-1" = the highest id); tracks
-    come out in the order written, else by id. Tracks whose `median_box_size` is under `min_face_size` pixels are
-    dropped first (per track, so a face near the limit is not restored in some frames only). `max_faces` keeps
-    the first N of what remains (0 = all). Ids asked for but absent or too small are logged and skipped.
-    """
-    if max_faces < 0:
-        raise ValueError(f"max_faces must be 0 (no limit) or positive, got {max_faces}")
-    if min_face_size < 0:
-        raise ValueError(f"min_face_size must be 0 or more pixels, got {min_face_size}")
-    positions = parse_index_spec(index)
-    by_id = {track.track_id: track for track in sorted(tracks, key=lambda tr: tr.track_id)}
-    large = {tid: track for tid, track in by_id.items() if track.median_box_size >= min_face_size}
-    if len(large) < len(by_id):
-        logger.info("%d track(s) smaller than %g px dropped", len(by_id) - len(large), min_face_size)
-    if positions is None:
-        chosen = list(large.values())
-    else:
-        count = max(by_id, default=-1) + 1
-        wanted = list(dict.fromkeys(p % count for p in positions if -count <= p < count))
-        chosen = [large[tid] for tid in wanted if tid in large]
-        missing = [p for p in positions if not -count <= p < count or p % count not in large]
-        if missing:
-            logger.warning("Face track(s) %s not found or too small among %d track(s); ignoring them", missing, count)
-    return chosen[:max_faces] if max_faces else chosen
 
 
 def faces_by_frame(tracks: Sequence[Track], frame_count: int) -> list[list[tuple[int, FaceRecord]]]:
@@ -224,21 +188,19 @@ def faces_by_frame(tracks: Sequence[Track], frame_count: int) -> list[list[tuple
     return out
 
 
-def smooth_tracks(tracks: Sequence[Track], *, strength: float = 1.0) -> list[Track]:
+def smooth_tracks(tracks: Sequence[Track], *, smoothing: float = 1.0) -> list[Track]:
     """Each track with its landmarks and box smoothed over time (scores, frames and ids unchanged).
 
-    Local quadratic regression in a Gaussian window of `SMOOTHING_SIGMA_FRAMES * strength` frames over each of
+    Local quadratic regression in a Gaussian window of `SMOOTHING_SIGMA_FRAMES * smoothing` frames over each of
     `Track.segments()` (never across a scene cut or a hole). Zero lag on steady and accelerating motion;
-    strength 0 returns the tracks as given, and a segment of one frame is left as it is. Smoothed records lose
+    smoothing 0 returns the tracks as given, and a segment of one frame is left as it is. Smoothed records lose
     their alignment fields (align afterwards) and keep their frame fingerprint.
     """
-    if strength < 0:
-        raise ValueError(f"strength must be 0 (off) or more, got {strength}")
-    if strength * SMOOTHING_SIGMA_FRAMES < MIN_SIGMA_FRAMES:
+    if smoothing * SMOOTHING_SIGMA_FRAMES < MIN_SIGMA_FRAMES:
         return list(tracks)
     out = []
     for track in tracks:
-        smoothed = smooth_series(track.series(), track.segments(), strength=strength)
+        smoothed = smooth_series(track.series(), track.segments(), smoothing=smoothing)
         faces = {frame: _with_vector(face, row) for (frame, face), row in zip(track.faces.items(), smoothed)}
         out.append(Track(track.track_id, faces, track.detected_frames))
     return out
@@ -248,7 +210,7 @@ def smooth_series(
     values: np.ndarray,
     segments: Sequence[tuple[int, int]] | None = None,
     *,
-    strength: float = 1.0,
+    smoothing: float = 1.0,
     sigma_frames: float = SMOOTHING_SIGMA_FRAMES,
 ) -> np.ndarray:
     """Zero-lag smoothing of a per-frame series along its first axis, segment by segment.
@@ -258,8 +220,8 @@ def smooth_series(
             `Track.frames` order).
         segments: half-open (start, stop) row ranges smoothed independently (`Track.segments()`); rows outside
             every segment are returned unchanged. None = one segment of all T rows.
-        strength: multiplies `sigma_frames`; 0 returns a copy of `values`.
-        sigma_frames: Gaussian window sigma in frames at strength 1.
+        smoothing: multiplies `sigma_frames` (0 or more); 0 returns a copy of `values`.
+        sigma_frames: Gaussian window sigma in frames at smoothing 1.
 
     Returns:
         Array of the shape and float dtype of `values` (float64 for integer input).
@@ -267,12 +229,10 @@ def smooth_series(
     values = np.asarray(values)
     if values.ndim < 1:
         raise TrackingError(f"values must be [T, ...] with one row per frame, got shape {values.shape}")
-    if strength < 0 or sigma_frames < 0:
-        raise ValueError(f"strength and sigma_frames must be 0 or more, got {strength} and {sigma_frames}")
     dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
     out = values.astype(np.float64)
     flat = out.reshape(len(values), -1)
-    sigma = strength * sigma_frames
+    sigma = smoothing * sigma_frames
     segments = [(0, len(values))] if segments is None else list(segments)
     covered = np.zeros(len(values), dtype=bool)
     for start, stop in segments:

@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes_support import save_gpen
+from support import DETECTOR_FILE, REPO_ROOT, save_gpen
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "comfyui-gpen-restore"  # the folder name users clone into (README), so ComfyUI's module name
 # Our pack imported in-process: as a package under this name, never as top-level `nodes` (ComfyUI's own module).
-DETECTOR_FILE = "detection_mobilenet0.25_Final.pth"  # the one real detector the fixtures ship
 CHROMIUM = Path("/usr/lib/chromium/chromium-headless-shell")  # Debian's chromium-headless-shell (tests/run.sh)
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start

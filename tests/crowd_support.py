@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from nodes_support import read_rgb
+from support import read_rgb
 
 SOURCE_IMAGES = ("grace_hopper.jpg", "astronaut.png")
 # Side of the square cut around a face, in face sizes: forehead, hair and chin come along, as in a real crowd.

@@ -20,27 +20,7 @@ from comfyui_gpen_restore.cli import main as cli
 from comfyui_gpen_restore.cli.image_files import ImageFileError, read_image
 from comfyui_gpen_restore.face_utils import PasteSettings, load_detector, pipeline
 from comfyui_gpen_restore.gpen_arch import GpenRunner
-from nodes_support import DETECTOR, REPO_ROOT, image_batch, models_dir, read_rgb, save_gpen  # noqa: F401
-from test_gpen_loader import CodePayload
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> Path:
-    """An empty home and working folder, so no real model folder of this machine is ever found."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)
-    return home
-
-
-def run(args: list[str], home: Path) -> int:
-    return cli.main([str(a) for a in args], script_dir=home / "custom_nodes" / "pack")
-
-
-def base_args(models_dir: Path, *extra: object) -> list[object]:
-    return ["--model", models_dir / "facerestore_models" / "GPEN-BFR-64.pth",
-            "--detector", DETECTOR, "--detector-dir", models_dir / "facedetection", *extra]
+from support import DETECTOR, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line, read_rgb, run_cli, save_gpen
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -49,7 +29,7 @@ def read_png(path: Path) -> np.ndarray:
 
 def test_restores_every_image_of_a_folder(models_dir, home, fixtures_dir, capsys):
     out = home / "out"
-    assert run(["--input", fixtures_dir / "images", "--output", out, *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", fixtures_dir / "images", "--output", out, *cli_args(models_dir)], home) == 0
     assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "grace_hopper.png"]
     original = read_rgb(fixtures_dir / "images" / "grace_hopper.jpg")
     restored = read_png(out / "grace_hopper.png")
@@ -62,7 +42,7 @@ def test_restores_every_image_of_a_folder(models_dir, home, fixtures_dir, capsys
 def test_gives_what_the_one_node_path_gives(models_dir, home, fixtures_dir):
     out = home / "grace.png"
     source = fixtures_dir / "images" / "grace_hopper.jpg"
-    assert run(["--input", source, "--output", out, "--strength", "0.7", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", source, "--output", out, "--strength", "0.7", *cli_args(models_dir)], home) == 0
     runner = GpenRunner.load(models_dir / "facerestore_models" / "GPEN-BFR-64.pth", precision="fp32")
     detector = load_detector(DETECTOR, models_dir / "facedetection")
     image, _mask, faces = pipeline.restore_image(
@@ -82,7 +62,7 @@ def test_finds_the_largest_gpen_in_the_usual_folders(models_dir, home, fixtures_
     shutil.copytree(models_dir / "facedetection", home / "models" / "facedetection")
     crop = home / "crop.png"
     cv2.imwrite(str(crop), np.full((100, 100, 3), 128, np.uint8))
-    assert run(["--input", crop, "--output", home / "out.png", "--aligned"], home) == 0
+    assert run_cli(["--input", crop, "--output", home / "out.png", "--aligned"], home) == 0
     assert cv2.imread(str(home / "out.png")).shape == (128, 128, 3)  # size read from the weights
 
 
@@ -91,15 +71,15 @@ def test_aligned_crops_are_restored_whole_at_the_models_size(models_dir, home, f
     crops.mkdir()
     face = read_rgb(fixtures_dir / "images" / "grace_hopper.jpg")[100:356, 160:416]
     cv2.imwrite(str(crops / "face.jpg"), cv2.cvtColor((face * 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
-    assert run(["--input", crops, "--output", home / "out", "--aligned", "--strength", "1",
-                *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", crops, "--output", home / "out", "--aligned", "--strength", "1",
+                *cli_args(models_dir)], home) == 0
     restored = read_png(home / "out" / "face.png")
     assert restored.shape == (64, 64, 3)
     assert np.abs(restored - cv2.resize(face, (64, 64), interpolation=cv2.INTER_AREA)).mean() > 0.05
 
 
 def test_no_model_anywhere_names_the_folders_and_where_to_download(home, fixtures_dir, capsys):
-    assert run(["--input", fixtures_dir / "images" / "astronaut.png"], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images" / "astronaut.png"], home) == 2
     err = capsys.readouterr().err
     assert str(home / "models" / "facerestore_models") in err
     assert str(home / "ComfyUI" / "models" / "facerestore_models") in err
@@ -109,16 +89,16 @@ def test_no_model_anywhere_names_the_folders_and_where_to_download(home, fixture
 def test_a_file_that_is_not_gpen_is_a_clear_error(models_dir, home, fixtures_dir, capsys):
     bad = home / "GFPGANv1.4.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
-    assert run(["--input", fixtures_dir / "images", "--model", bad], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--model", bad], home) == 2
     assert "Not a GPEN checkpoint" in capsys.readouterr().err
 
 
 def test_missing_input_and_bad_output_are_clear_errors(models_dir, home, fixtures_dir, capsys):
-    assert run(["--input", home / "nowhere.jpg", *base_args(models_dir)], home) == 2
+    assert run_cli(["--input", home / "nowhere.jpg", *cli_args(models_dir)], home) == 2
     assert "nowhere.jpg: no such file or folder" in capsys.readouterr().err
-    assert run(["--input", fixtures_dir / "images", "--output", home / "x.png", *base_args(models_dir)], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--output", home / "x.png", *cli_args(models_dir)], home) == 2
     assert "give a folder instead" in capsys.readouterr().err
-    assert run(["--input", fixtures_dir / "images", "--strength", "2", *base_args(models_dir)], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--strength", "2", *cli_args(models_dir)], home) == 2
     assert "--strength must be between 0" in capsys.readouterr().err
 
 
@@ -127,7 +107,7 @@ def test_unreadable_images_are_reported_and_the_others_restored(models_dir, home
     folder.mkdir()
     shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
     (folder / "broken.png").write_bytes(b"not a png")
-    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert run_cli(["--input", folder, "--output", home / "out", *cli_args(models_dir)], home) == 1
     assert (home / "out" / "astronaut.png").is_file() and not (home / "out" / "broken.png").exists()
     assert "broken.png: not an image: OpenCV cannot decode it" in capsys.readouterr().err
 
@@ -136,7 +116,7 @@ def test_images_without_faces_are_written_unchanged(models_dir, home, capsys):
     blank = home / "wall.png"
     pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     cv2.imwrite(str(blank), pixels)
-    assert run(["--input", blank, "--output", home / "out", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", blank, "--output", home / "out", *cli_args(models_dir)], home) == 0
     np.testing.assert_array_equal(cv2.imread(str(home / "out" / "wall.png")), pixels)
     assert f"{home / 'out' / 'wall.png'}: no face found, written unchanged" in capsys.readouterr().out
 
@@ -145,7 +125,7 @@ def test_images_without_faces_are_written_unchanged(models_dir, home, capsys):
 def test_the_script_runs_as_the_readme_says(models_dir, home, fixtures_dir):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "restore_faces.py"), "--input", str(fixtures_dir / "images" / "astronaut.png"),
-         "--output", str(home / "restored.png"), *map(str, base_args(models_dir))],
+         "--output", str(home / "restored.png"), *map(str, cli_args(models_dir))],
         capture_output=True, text=True, cwd=home, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -169,7 +149,7 @@ def test_sixteen_bit_images_stay_sixteen_bit_and_untouched_where_no_face_is(mode
     ramp = np.linspace(0, 65535, 96 * 128, dtype=np.float64).reshape(96, 128)
     image = np.stack([ramp, ramp[::-1], np.full_like(ramp, 1234)], axis=-1).round().astype(np.uint16)
     cv2.imwrite(str(home / "deep.png"), image)
-    assert run(["--input", home / "deep.png", "--output", home / "out.png", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", home / "deep.png", "--output", home / "out.png", *cli_args(models_dir)], home) == 0
     written = cv2.imread(str(home / "out.png"), cv2.IMREAD_UNCHANGED)
     assert written.dtype == np.uint16 and np.array_equal(written, image)  # no face: every value kept
 
@@ -191,7 +171,7 @@ def test_exif_orientation_is_applied(home):
                                                ("--max-faces", "-1")])
 def test_bad_settings_are_refused_before_anything_is_loaded(home, fixtures_dir, capsys, option, value):
     # No model exists anywhere: if the settings were checked after loading, the error would be about the model.
-    assert run(["--input", fixtures_dir / "images" / "astronaut.png", option, value], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images" / "astronaut.png", option, value], home) == 2
     assert option in capsys.readouterr().err
 
 
@@ -200,19 +180,12 @@ def test_a_non_square_crop_with_aligned_fails_alone(models_dir, home, capsys):
     crops.mkdir()
     cv2.imwrite(str(crops / "a_wide.png"), np.full((64, 100, 3), 128, np.uint8))
     cv2.imwrite(str(crops / "b_square.png"), np.full((64, 64, 3), 128, np.uint8))
-    assert run(["--input", crops, "--output", home / "out", "--aligned", *base_args(models_dir)], home) == 1
+    assert run_cli(["--input", crops, "--output", home / "out", "--aligned", *cli_args(models_dir)], home) == 1
     assert (home / "out" / "b_square.png").is_file() and not (home / "out" / "a_wide.png").exists()
     assert "a_wide.png" in capsys.readouterr().err
 
 
 # --- what a new user ran into ----------------------------------------------------------------------------------
-
-
-def one_error_line(err: str) -> str:
-    """The single `error: ...` line a setup error prints, checked to be the only output besides progress."""
-    lines = [line for line in err.splitlines() if not line.startswith("[")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def test_a_truncated_image_fails_alone(models_dir, home, fixtures_dir, capsys):
@@ -221,7 +194,7 @@ def test_a_truncated_image_fails_alone(models_dir, home, fixtures_dir, capsys):
     shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
     data = (fixtures_dir / "images" / "grace_hopper.jpg").read_bytes()
     (folder / "cut.jpg").write_bytes(data[: len(data) * 6 // 10])  # the decoder would grey-fill the rest
-    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert run_cli(["--input", folder, "--output", home / "out", *cli_args(models_dir)], home) == 1
     assert (home / "out" / "astronaut.png").is_file() and not (home / "out" / "cut.png").exists()
     assert f"cut.jpg: truncated or corrupt image ({len(data) * 6 // 10:,} bytes" in capsys.readouterr().err
 
@@ -262,7 +235,7 @@ def test_empty_and_non_image_inputs_are_named_so(models_dir, home, fixtures_dir,
     shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "page.png").write_text("<html>404 Not Found</html>")
-    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert run_cli(["--input", folder, "--output", home / "out", *cli_args(models_dir)], home) == 1
     err = capsys.readouterr().err
     assert "empty.jpg: empty file (0 bytes)" in err
     assert "page.png: not an image" in err
@@ -272,7 +245,7 @@ def test_empty_and_non_image_inputs_are_named_so(models_dir, home, fixtures_dir,
 def test_an_output_that_is_a_folder_is_refused_before_any_work(home, fixtures_dir, capsys):
     (home / "out" / "astronaut.png").mkdir(parents=True)  # where astronaut.png's result would go
     # The model does not exist: an output checked only after loading would be reported as a model problem.
-    assert run(["--input", fixtures_dir / "images", "--output", home / "out", "--model", home / "none.pth"],
+    assert run_cli(["--input", fixtures_dir / "images", "--output", home / "out", "--model", home / "none.pth"],
                home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{home / 'out' / 'astronaut.png'} is a folder" in line and "choose another --output" in line
@@ -281,8 +254,8 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(home, fixtures_di
 
 def test_an_output_under_a_file_is_refused_with_a_message(models_dir, home, fixtures_dir, capsys):
     (home / "notes.txt").write_text("a file, not a folder")
-    assert run(["--input", fixtures_dir / "images", "--output", home / "notes.txt" / "out",
-                *base_args(models_dir)], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--output", home / "notes.txt" / "out",
+                *cli_args(models_dir)], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{home / 'notes.txt'} is a file, not a folder" in line
 
@@ -296,7 +269,7 @@ def test_one_failed_write_loses_no_other_image(models_dir, home, fixtures_dir, m
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", disk_full_for_astronaut)
-    assert run(["--input", fixtures_dir / "images", "--output", home / "out", *base_args(models_dir)], home) == 1
+    assert run_cli(["--input", fixtures_dir / "images", "--output", home / "out", *cli_args(models_dir)], home) == 1
     assert sorted(p.name for p in (home / "out").iterdir()) == ["grace_hopper.png"]  # no partial file left
     err = capsys.readouterr().err
     assert f"{home / 'out' / 'astronaut.png'}: cannot write it (No space left on device)" in err
@@ -306,8 +279,8 @@ def test_one_failed_write_loses_no_other_image(models_dir, home, fixtures_dir, m
 def test_a_corrupt_detector_file_is_a_message(models_dir, home, fixtures_dir, capsys):
     detector = models_dir / "facedetection" / "detection_mobilenet0.25_Final.pth"
     detector.write_bytes(detector.read_bytes()[:1000])
-    assert run(["--input", fixtures_dir / "images" / "astronaut.png", "--output", home / "out",
-                *base_args(models_dir)], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images" / "astronaut.png", "--output", home / "out",
+                *cli_args(models_dir)], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "detection_mobilenet0.25_Final.pth is truncated or corrupt (1,000 bytes" in line
     assert "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth" in line
@@ -319,8 +292,8 @@ def test_a_corrupt_detector_file_is_a_message(models_dir, home, fixtures_dir, ca
 ])
 def test_an_unusable_device_is_a_message(models_dir, home, fixtures_dir, monkeypatch, capsys, device, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on machines with a GPU
-    assert run(["--input", fixtures_dir / "images" / "astronaut.png", "--device", device,
-                *base_args(models_dir)], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images" / "astronaut.png", "--device", device,
+                *cli_args(models_dir)], home) == 2
     assert expected in one_error_line(capsys.readouterr().err)
 
 
@@ -332,9 +305,9 @@ def test_an_offline_detector_names_the_other_choices(models_dir, home, fixtures_
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/{spec.filename}"
     monkeypatch.setitem(KNOWN_WEIGHTS, "yunet", WeightsSpec(spec.filename, url, spec.sha256))
-    args = base_args(models_dir)
+    args = cli_args(models_dir)
     args[args.index("--detector") + 1] = "yunet"
-    assert run(["--input", fixtures_dir / "images" / "astronaut.png", *args], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images" / "astronaut.png", *args], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"Could not download {spec.filename}" in line
     assert "choose another detector: retinaface_resnet50 (detection_Resnet50_Final.pth)" in line
@@ -345,7 +318,7 @@ def test_a_code_carrying_model_is_refused_with_the_reason(home, fixtures_dir, ca
     marker = home / "payload_ran"
     with open(home / "GPEN-BFR-512.pth", "wb") as f:
         torch.save({"weights": torch.zeros(1), "hook": CodePayload(str(marker))}, f)
-    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-512.pth"], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-512.pth"], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "needs code to load, which is never run" in line and not marker.exists()
     assert "weights only" not in line.lower().replace("_", " ")  # torch's advice to turn the safety off
@@ -355,7 +328,7 @@ def test_a_code_carrying_model_is_refused_with_the_reason(home, fixtures_dir, ca
 def test_a_truncated_model_says_so_in_whole_sentences(models_dir, home, fixtures_dir, capsys):
     data = (models_dir / "facerestore_models" / "GPEN-BFR-64.pth").read_bytes()
     (home / "GPEN-BFR-64.pth").write_bytes(data[: len(data) // 2])
-    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-64.pth"], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-64.pth"], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"GPEN-BFR-64.pth is truncated or corrupt ({len(data) // 2:,} bytes" in line
     assert "PytorchStreamReader" not in line and line.endswith(".")  # torch's text is not cut and pasted
@@ -363,7 +336,7 @@ def test_a_truncated_model_says_so_in_whole_sentences(models_dir, home, fixtures
 
 
 def test_a_missing_model_file_says_where_to_download_not_comfyui_folders(home, fixtures_dir, capsys):
-    assert run(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-2048.pth"], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--model", home / "GPEN-BFR-2048.pth"], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"GPEN model file not found: {home / 'GPEN-BFR-2048.pth'}" in line
     assert "facerestore_models" not in line and "modelscope" in line
@@ -371,12 +344,12 @@ def test_a_missing_model_file_says_where_to_download_not_comfyui_folders(home, f
 
 def test_a_folder_given_as_model_lists_the_gpen_files_in_it(models_dir, home, fixtures_dir, capsys):
     folder = models_dir / "facerestore_models"
-    assert run(["--input", fixtures_dir / "images", "--model", folder], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--model", folder], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"--model {folder} is a folder" in line and str(folder / "GPEN-BFR-64.pth") in line
     empty = home / "empty_models"
     empty.mkdir()
-    assert run(["--input", fixtures_dir / "images", "--model", empty], home) == 2
+    assert run_cli(["--input", fixtures_dir / "images", "--model", empty], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "is a folder" in line and "holds no .pth" in line and "GPEN-BFR-512.pth" in line
 
@@ -398,14 +371,14 @@ def test_each_image_gets_a_result_line(models_dir, home, fixtures_dir, capsys):
     folder.mkdir()
     shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
     cv2.imwrite(str(folder / "wall.png"), np.full((50, 60, 3), 90, np.uint8))
-    assert run(["--input", folder, "--output", home / "out", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", folder, "--output", home / "out", *cli_args(models_dir)], home) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{home / 'out' / 'astronaut.png'}: 1 face restored",
         f"{home / 'out' / 'wall.png'}: no face found, written unchanged",
     ]
     crop = home / "crop.png"
     cv2.imwrite(str(crop), np.full((100, 100, 3), 128, np.uint8))
-    assert run(["--input", crop, "--output", home / "crop_out.png", "--aligned", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", crop, "--output", home / "crop_out.png", "--aligned", *cli_args(models_dir)], home) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{home / 'crop_out.png'}: face crop restored at 64x64 (the model's size)"
     ]
@@ -431,7 +404,7 @@ def test_a_bad_checksum_in_an_ancillary_png_chunk_is_tolerated_like_libpng_does(
 def test_results_get_the_permissions_of_any_new_file(models_dir, home):
     crop = home / "crop.png"
     cv2.imwrite(str(crop), np.full((64, 64, 3), 128, np.uint8))
-    assert run(["--input", crop, "--output", home / "out.png", "--aligned", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", crop, "--output", home / "out.png", "--aligned", *cli_args(models_dir)], home) == 0
     (home / "plain.txt").write_text("")
     assert (home / "out.png").stat().st_mode == (home / "plain.txt").stat().st_mode
     assert [p.name for p in home.iterdir() if p.name.startswith(".")] == []  # no temporary file left

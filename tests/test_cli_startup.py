@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from nodes_support import DETECTOR, REPO_ROOT, models_dir  # noqa: F401
+from support import DETECTOR, REPO_ROOT
 
 HEAVY = ("torch", "cv2", "numpy", "facexlib", "torchvision", "av", "onnxruntime")
 

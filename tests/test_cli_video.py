@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from comfyui_gpen_restore.cli import video_files
 from comfyui_gpen_restore.cli.video_files import VideoFrames
-from nodes_support import models_dir, read_rgb  # noqa: F401
-from test_cli import base_args, home, one_error_line, run  # noqa: F401
+from support import cli_args, one_error_line, read_rgb, run_cli
 
 FPS = 12
 SIZE_HW = (200, 160)  # small (seconds per test on a CPU), even sides as 4:2:0 video needs
@@ -103,7 +102,7 @@ def clip(home: Path, fixtures_dir: Path) -> Path:
 
 def test_a_video_keeps_its_frames_rate_and_audio_and_changes_only_the_faces(models_dir, home, clip, capsys):
     out, faces_json = home / "out", home / "faces.json"
-    assert run(["--input", clip, "--output", out, "--faces-json", faces_json, *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", clip, "--output", out, "--faces-json", faces_json, *cli_args(models_dir)], home) == 0
     source, _rate, _kinds = decode(clip)
     restored, rate, kinds = decode(out / "clip.mp4")  # a folder as --output: <stem>.mp4 inside
     assert len(restored) == len(source) == FRAMES and rate == FPS
@@ -140,8 +139,8 @@ def test_no_smoothing_keeps_the_detections_jitter(models_dir, home, fixtures_dir
     landmarks = {}
     for name, extra in (("smooth", []), ("raw", ["--no-smoothing"])):
         faces_json = home / f"{name}.json"
-        assert run(["--input", shaky, "--output", home / f"{name}.mp4", "--faces-json", faces_json, *extra,
-                    *base_args(models_dir)], home) == 0
+        assert run_cli(["--input", shaky, "--output", home / f"{name}.mp4", "--faces-json", faces_json, *extra,
+                    *cli_args(models_dir)], home) == 0
         entries = json.loads(faces_json.read_text())
         assert all([face["track"] for face in entry["faces"]] == [0] for entry in entries)
         landmarks[name] = np.array([entry["faces"][0]["landmarks_xy"] for entry in entries])  # [T, 5, 2]
@@ -161,8 +160,8 @@ def test_a_sequence_folder_is_tracked_as_one_video(models_dir, home, fixtures_di
     frames = moving_frames(read_rgb(fixtures_dir / "images" / "grace_hopper.jpg"), 10)
     for index, frame in enumerate(frames, 1):  # unpadded numbers: frame2 plays before frame10
         cv2.imwrite(str(frames_dir / f"frame{index}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    assert run(["--input", frames_dir, "--sequence", "--output", out, "--faces-json", faces_json,
-                *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", frames_dir, "--sequence", "--output", out, "--faces-json", faces_json,
+                *cli_args(models_dir)], home) == 0
     names = [f"frame{index}.png" for index in range(1, 11)]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     entries = json.loads(faces_json.read_text())
@@ -180,14 +179,14 @@ def test_a_sequence_folder_is_tracked_as_one_video(models_dir, home, fixtures_di
 
 def test_one_image_gives_one_entry_frame_0_and_several_give_one_each(models_dir, home, fixtures_dir):
     images = fixtures_dir / "images"
-    assert run(["--input", images / "grace_hopper.jpg", "--output", home / "grace.png", "--faces-json",
-                home / "one.json", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", images / "grace_hopper.jpg", "--output", home / "grace.png", "--faces-json",
+                home / "one.json", *cli_args(models_dir)], home) == 0
     [entry] = json.loads((home / "one.json").read_text())
     assert entry["frame"] == 0 and entry["image"] == str(images / "grace_hopper.jpg")
     assert [face["track"] for face in entry["faces"]] == [0]
     assert np.array(entry["faces"][0]["landmarks_xy"]).shape == (5, 2)
-    assert run(["--input", images, "--output", home / "out", "--faces-json", home / "all.json",
-                *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", images, "--output", home / "out", "--faces-json", home / "all.json",
+                *cli_args(models_dir)], home) == 0
     entries = json.loads((home / "all.json").read_text())
     assert [(Path(e["image"]).name, e["frame"], len(e["faces"])) for e in entries] == [
         ("astronaut.png", 0, 1), ("grace_hopper.jpg", 0, 1)]
@@ -197,12 +196,12 @@ def test_without_pyav_a_video_is_a_clear_setup_error_and_images_still_work(model
                                                                           monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # what `import av` meets where PyAV is not installed
     # The model does not exist: a check after loading would be reported as a model problem.
-    assert run(["--input", clip, "--output", home / "out", "--model", home / "none.pth"], home) == 2
+    assert run_cli(["--input", clip, "--output", home / "out", "--model", home / "none.pth"], home) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "Video files need PyAV" in line and "pip install av" in line
     assert not (home / "out").exists()
-    assert run(["--input", fixtures_dir / "images" / "astronaut.png", "--output", home / "a.png",
-                *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", fixtures_dir / "images" / "astronaut.png", "--output", home / "a.png",
+                *cli_args(models_dir)], home) == 0
 
 
 @pytest.mark.parametrize(("inputs", "extra", "expected"), [
@@ -219,7 +218,7 @@ def test_impossible_video_requests_are_refused_before_anything_is_loaded(home, c
     (home / "copy.mp4").write_bytes(clip.read_bytes())
     (home / "frames").mkdir()
     cv2.imwrite(str(home / "frames" / "a.png"), np.zeros((8, 8, 3), np.uint8))
-    assert run(["--input", *[home / name for name in inputs], *extra, "--model", home / "none.pth"], home) == 2
+    assert run_cli(["--input", *[home / name for name in inputs], *extra, "--model", home / "none.pth"], home) == 2
     assert expected in one_error_line(capsys.readouterr().err)
 
 
@@ -227,7 +226,7 @@ def test_a_damaged_video_fails_alone_and_leaves_nothing(models_dir, home, clip, 
     data = clip.read_bytes()
     (home / "cut.mp4").write_bytes(data[: len(data) // 2])  # an MP4 cut off: its index is lost
     cv2.imwrite(str(home / "wall.png"), np.full((32, 32, 3), 90, np.uint8))
-    assert run(["--input", home / "cut.mp4", home / "wall.png", "--output", home / "out", *base_args(models_dir)],
+    assert run_cli(["--input", home / "cut.mp4", home / "wall.png", "--output", home / "out", *cli_args(models_dir)],
                home) == 1
     assert sorted(p.name for p in (home / "out").iterdir()) == ["wall.png"]
     err = capsys.readouterr().err
@@ -239,7 +238,7 @@ def test_without_libx264_mpeg4_is_written(models_dir, home, clip, monkeypatch):
     assert video_files.video_codec(frozenset({"mpeg4"})) == "mpeg4"
     assert video_files.video_codec(frozenset({"mpeg4", "libx264"})) == "libx264"
     monkeypatch.setattr(video_files, "video_codec", lambda available: "mpeg4")
-    assert run(["--input", clip, "--output", home / "out.mkv", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", clip, "--output", home / "out.mkv", *cli_args(models_dir)], home) == 0
     with av.open(str(home / "out.mkv")) as container:
         assert container.streams.video[0].codec_context.name == "mpeg4"
         assert [stream.type for stream in container.streams] == ["video", "audio"]
@@ -281,7 +280,7 @@ def test_a_long_video_never_holds_all_its_frames(models_dir, home, monkeypatch):
             yield frame
 
     monkeypatch.setattr(VideoFrames, "__iter__", counting_iter)
-    assert run(["--input", home / "long.mp4", "--output", home / "out.mp4", *base_args(models_dir)], home) == 0
+    assert run_cli(["--input", home / "long.mp4", "--output", home / "out.mp4", *cli_args(models_dir)], home) == 0
     assert len(refs) == 2 * 30  # each pass decodes every frame again
     assert peak[0] <= 8  # a few frames (the paste-back's colour window), not the video's 30
     assert len(decode(home / "out.mp4")[0]) == 30

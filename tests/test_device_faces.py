@@ -29,7 +29,7 @@ from comfyui_gpen_restore.face_utils.parsing import (
     FaceParser,
 )
 from comfyui_gpen_restore.face_utils.paste_stream import PasteStream
-from nodes_support import DETECTOR, read_rgb
+from support import DETECTOR, read_rgb
 
 TOLERANCE = 1e-4
 MASK_TOLERANCE = 1e-5
@@ -113,7 +113,7 @@ def test_paste_agrees(photos, name, crop_size):
     crop = warp_face(image, aligned)
     noisy = np.clip(crop + np.random.default_rng(0).normal(0, 0.05, crop.shape), 0, 1).astype(np.float32)
     for shape in ("ellipse", "box"):
-        plain = PasteSettings(mask_shape=shape, color_correction=False, strength=0.8)
+        plain = PasteSettings(mask_shape=shape, color_correction=False, opacity=0.8)
         assert_paste_agrees(image, [noisy], [aligned], plain, TOLERANCE)
         assert_paste_agrees(image, [noisy], [aligned], dataclasses.replace(plain, color_correction=True),
                             TOLERANCE)

@@ -13,9 +13,9 @@ from comfyui_gpen_restore.face_utils.detection import (
     PRIOR_CACHE_SIZE,
     FaceRecord,
 )
-from crowd_support import read_rgb
+from support import read_rgb
 from facexlib.detection.retinaface_utils import PriorBox
-from nodes_support import DETECTOR
+from support import DETECTOR
 
 # Agreement asked of our path with facexlib's (on the CPU both compute the same operations, so they agree to the
 # bit; the margins leave room for another BLAS or a GPU).

@@ -14,8 +14,8 @@ from comfyui_gpen_restore.face_utils.detection import (
     _merge_passes,
     tile_spans,
 )
-from crowd_support import face_sources, make_crowd, match, read_rgb
-from nodes_support import DETECTOR
+from crowd_support import face_sources, make_crowd, match
+from support import DETECTOR, read_rgb
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Paste-back: round trips on real photos (same frame and a 2x canvas), masks, strength, colour correction,
+"""Paste-back: round trips on real photos (same frame and a 2x canvas), masks, opacity, colour correction,
 anti-aliasing, overlapping faces, channels and the parsing mask."""
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def assert_untouched_outside(result: np.ndarray, image: np.ndarray, mask: np.nda
 def test_paste_settings_validate():
     with pytest.raises(ValueError, match="mask_shape"):
         PasteSettings(mask_shape="circle")
-    with pytest.raises(ValueError, match="strength"):
-        PasteSettings(strength=1.5)
+    with pytest.raises(ValueError, match="opacity"):
+        PasteSettings(opacity=1.5)
     with pytest.raises(ValueError, match="erosion"):
         PasteSettings(erosion=0.6)
     with pytest.raises(ValueError, match="feather"):
@@ -132,16 +132,16 @@ def test_canvas_of_another_aspect_is_refused(detected):
     paste_faces(np.zeros((769, 768, 3), np.float32), [crop], [aligned])
 
 
-def test_only_the_face_region_is_touched_and_strength_blends(detected):
+def test_only_the_face_region_is_touched_and_opacity_blends(detected):
     image, face = detected["grace_hopper.jpg"]
     aligned = align_face(face, crop_size=256)
     red = np.zeros((256, 256, 3), np.float32)
     red[:, :, 0] = 1.0
     full, mask = paste_faces(image, [red], [aligned], PasteSettings(mask_shape="box", color_correction=False))
     half, mask_half = paste_faces(
-        image, [red], [aligned], PasteSettings(mask_shape="box", color_correction=False, strength=0.5)
+        image, [red], [aligned], PasteSettings(mask_shape="box", color_correction=False, opacity=0.5)
     )
-    assert np.array_equal(mask, mask_half)  # the mask does not include strength
+    assert np.array_equal(mask, mask_half)  # the mask does not include opacity
     core = mask == 1.0
     assert np.allclose(full[core], [1.0, 0.0, 0.0])
     assert np.allclose(half[core], 0.5 * image[core] + 0.5 * np.array([1.0, 0.0, 0.0]), atol=1e-6)
@@ -151,7 +151,7 @@ def test_only_the_face_region_is_touched_and_strength_blends(detected):
                             cv2.invertAffineTransform(aligned.affine))[0]
     assert xs.min() >= corners[:, 0].min() - 1 and xs.max() <= corners[:, 0].max() + 1
     assert ys.min() >= corners[:, 1].min() - 1 and ys.max() <= corners[:, 1].max() + 1
-    untouched, zero_mask = paste_faces(image, [red], [aligned], PasteSettings(strength=0.0))
+    untouched, zero_mask = paste_faces(image, [red], [aligned], PasteSettings(opacity=0.0))
     assert np.array_equal(untouched, image) and zero_mask.max() == 1.0
 
 

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from nodes_support import grace  # noqa: F401
 
 from comfyui_gpen_restore.face_utils import FaceRecord
 from comfyui_gpen_restore.face_utils.images import picture_fingerprint, same_picture
@@ -21,9 +20,12 @@ def face(x0: float, y0: float, side: float, frame_index: int = 0, size_hw=(600, 
 
 
 @pytest.mark.parametrize("field, value", [("score_threshold", 0.0), ("score_threshold", 1.5), ("max_faces", -1),
-                                          ("index", "first"), ("template", "arcface"), ("crop_size", 4)])
+                                          ("index", "first"), ("index", "0,,1"), ("template", "arcface"), ("crop_size", 4),
+                                          ("order", "biggest"), ("min_face_size", -1.0), ("smoothing", -0.5),
+                                          ("smoothing", 5.0), ("max_gap", -1), ("detection_size", -32)])
 def test_detect_settings_refuse_bad_values(field, value):
-    with pytest.raises(ValueError):
+    # The message names the setting (the command line maps it to its option) or shows the index syntax.
+    with pytest.raises(ValueError, match=field if field != "index" else "Face index"):
         DetectSettings(**{field: value})
 
 
@@ -78,7 +80,7 @@ def test_a_crowd_of_32_overlapping_faces_is_restored_whole_and_seamlessly(grace,
     """32 real faces (the fixture portrait, scaled) side by side, their crops and masks overlapping. With a
     restorer that changes nothing, pasting all of them back must give the picture back: no seam, no face blended
     twice, every face inside the mask, nothing changed outside it."""
-    from nodes_support import DETECTOR
+    from support import DETECTOR
 
     from comfyui_gpen_restore.face_utils import PasteSettings, load_detector
     from comfyui_gpen_restore.face_utils.pipeline import restore_image
@@ -116,8 +118,8 @@ def test_a_crowd_of_32_overlapping_faces_is_restored_whole_and_seamlessly(grace,
     assert alone > 35 and together > alone - 0.3
 
 
-def test_overlapping_faces_share_the_strength_instead_of_blending_twice(grace, fixtures_dir):
-    from nodes_support import DETECTOR
+def test_overlapping_faces_share_the_opacity_instead_of_blending_twice(grace, fixtures_dir):
+    from support import DETECTOR
 
     from comfyui_gpen_restore.face_utils import PasteSettings, align_face, load_detector, paste_faces, warp_face
 
@@ -129,9 +131,9 @@ def test_overlapping_faces_share_the_strength_instead_of_blending_twice(grace, f
                        landmarks_xy=tuple((x + shift, y) for x, y in found.landmarks_xy))
     second = align_face(moved, crop_size=256)
     brighter = [np.clip(warp_face(grace, face) + 0.2, 0, 1) for face in (first, second)]
-    settings = PasteSettings(strength=0.5, color_correction=False)
+    settings = PasteSettings(opacity=0.5, color_correction=False)
     out, mask = paste_faces(grace, brighter, [first, second], settings)
-    full = PasteSettings(strength=1.0, color_correction=False)
+    full = PasteSettings(opacity=1.0, color_correction=False)
     alone = [paste_faces(grace, [crop], [face], full) for crop, face in zip(brighter, (first, second))]
     # Pixels where each face alone, at full strength, puts back exactly the +0.2 (away from resampled edges).
     both = np.ones(grace.shape[:2], bool)

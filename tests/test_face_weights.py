@@ -20,7 +20,7 @@ import pytest
 from comfyui_gpen_restore import face_utils
 from comfyui_gpen_restore.face_utils import ChecksumError, WeightsSpec, WeightsUnavailableError, load_detector, resolve_weights
 from comfyui_gpen_restore.face_utils.weights import KNOWN_WEIGHTS
-from test_gpen_loader import CodePayload
+from support import CodePayload
 
 PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: several of torch.hub's 128 kB read chunks
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from nodes_support import REPO_ROOT
+from support import REPO_ROOT, CodePayload
 from safetensors.torch import save_file
 
 from comfyui_gpen_restore.gpen_arch import GPEN, UnsupportedCheckpointError, load_gpen
@@ -169,16 +169,6 @@ def test_missing_onnxruntime_is_explained(monkeypatch, fixtures_dir):
 
 
 # --- refusals -----------------------------------------------------------------------------------------------
-
-
-class CodePayload:
-    """Unpickling this would run `open(marker, "w")`: weights_only loading must refuse it before it runs."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_code_payload_is_refused_and_never_runs(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nodes_support import DETECTOR, DETECTOR_FILE, astronaut, grace, image_batch, save_gpen  # noqa: F401
+from support import DETECTOR, DETECTOR_FILE, image_batch, save_gpen
 
 import comfyui_gpen_restore
 from comfyui_gpen_restore.face_utils import FaceRecord

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from nodes_support import DETECTOR, DETECTOR_FILE, read_rgb
+from support import DETECTOR, DETECTOR_FILE, read_rgb
 
 from comfyui_gpen_restore.face_utils import PasteSettings, align_face, load_detector, warp_face
 from comfyui_gpen_restore.face_utils.paste_stream import COLOUR_WINDOW_FRAMES, PasteStream

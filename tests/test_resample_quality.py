@@ -18,7 +18,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from nodes_support import read_rgb
+from support import read_rgb
 
 from comfyui_gpen_restore.face_utils import (
     FaceRecord,

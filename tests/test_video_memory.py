@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 @pytest.mark.slow
 def test_one_node_restore_memory_does_not_grow_with_frame_count(tmp_path: Path, fixtures_dir: Path) -> None:
-    from nodes_support import DETECTOR, save_gpen
+    from support import DETECTOR, save_gpen
 
     weights = save_gpen(tmp_path / "GPEN-BFR-64.pth", 64)
     jobs = {

@@ -1,0 +1,98 @@
+"""What the tests share besides fixtures (those are in conftest.py): the test constants, test-made GPEN weights,
+the fixture photos as arrays, a face record placed anywhere, a pickle that runs code, and the command line's
+test driver. Defined here once; test modules import from here, never from each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from comfyui_gpen_restore.face_utils import FaceRecord
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+# Small random GPENs keep tests to fractions of a second per face (GPEN-2048 takes seconds on a CPU).
+SMALL_GPEN = {"style_dim": 64, "n_mlp": 2, "channel_multiplier": 1, "narrow": 0.125}
+DETECTOR = "retinaface_mobile0.25"  # the one real detector the fixtures ship (see fixtures/README.md)
+DETECTOR_FILE = "detection_mobilenet0.25_Final.pth"
+
+
+def save_gpen(path: Path, size: int = 64, seed: int = 0) -> Path:
+    """Write a randomly initialised (upstream's init) small GPEN state dict to `path`."""
+    from comfyui_gpen_restore import gpen_arch  # the pack is importable once conftest.py has loaded it
+
+    torch.manual_seed(seed)
+    model = gpen_arch.GPEN(size=size, **SMALL_GPEN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """A fixture photo as float32 RGB [H, W, 3] in [0, 1]."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def image_batch(*frames: np.ndarray) -> torch.Tensor:
+    """ComfyUI IMAGE [B, H, W, C] from numpy frames."""
+    return torch.from_numpy(np.stack(frames))
+
+
+FRAME_HW = (1080, 1920)  # a virtual video frame for placed faces, large enough for every tracking path
+NOISE = 0.015  # landmark jitter, in face sizes: the middle of RetinaFace's 1-2 % on video
+
+
+def place(
+    base: FaceRecord, frame: int, center_xy: tuple[float, float], *, scale: float = 1.0, noise: float = 0.0,
+    rng: np.random.Generator | None = None, score: float | None = None,
+) -> FaceRecord:
+    """`base` scaled about its box centre, moved so that centre is at `center_xy` in a `FRAME_HW` frame, with iid
+    Gaussian noise of `noise` face sizes on every landmark and box coordinate."""
+    from comfyui_gpen_restore.face_utils import FaceRecord
+
+    box = np.array(base.box_xyxy).reshape(2, 2)
+    centre = box.mean(axis=0)
+    points = np.concatenate([np.array(base.landmarks_xy), box])
+    points = (points - centre) * scale + np.array(center_xy)
+    if noise:
+        points = points + rng.normal(0.0, noise * base.box_size * scale, points.shape)
+    return FaceRecord(
+        frame_index=frame, image_size_hw=FRAME_HW, box_xyxy=tuple(points[5:].ravel()),
+        score=base.score if score is None else score, landmarks_xy=tuple(map(tuple, points[:5])),
+    )
+
+
+class CodePayload:
+    """Unpickling this would run `open(marker, "w")`: weights_only loading must refuse it before it runs."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def run_cli(args: list[object], home: Path) -> int:
+    """The command line run in-process as if installed in `home`/custom_nodes/pack; returns its exit code."""
+    from comfyui_gpen_restore.cli import main as cli
+
+    return cli.main([str(a) for a in args], script_dir=home / "custom_nodes" / "pack")
+
+
+def cli_args(models_dir: Path, *extra: object) -> list[object]:
+    """The options that point the command line at `models_dir`'s test-made GPEN and the fixture detector."""
+    return ["--model", models_dir / "facerestore_models" / "GPEN-BFR-64.pth",
+            "--detector", DETECTOR, "--detector-dir", models_dir / "facedetection", *extra]
+
+
+def one_error_line(err: str) -> str:
+    """The single `error: ...` line a setup error prints, checked to be the only output besides progress."""
+    lines = [line for line in err.splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
