@@ -28,8 +28,9 @@ from .face_utils import DETECTORS, KNOWN_WEIGHTS, MASK_SHAPES, ORDERS, TEMPLATES
 from .face_utils import PasteSettings, load_detector
 from .face_utils.conversion import check_image, frame_to_numpy, frames_to_image
 from .face_utils.parsing import FaceParserCache
-from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, paste_back, pixel_device
+from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_faces, paste_back
 from .face_utils.pipeline import restore_crop_batch, restore_image, warp_crops
+from .face_utils.pixels import choose_pixels
 from .face_utils.preview import draw_faces
 from .face_utils.weights import DETECTION_FOLDER, folder_with_file
 from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
@@ -295,7 +296,7 @@ class GPENDetectFaces(io.ComfyNode):
         _log_faces(cls, faces, "paste-back will pass the image through unchanged")
         if len(faces):
             crops = warp_crops(image, faces, free_bytes=mm.get_free_memory(mm.intermediate_device()),
-                               device=pixel_device(mm.get_torch_device()))
+                               pixels=choose_pixels(mm.get_torch_device()))
         else:
             # ComfyUI's image nodes (VAE Encode, upscalers) fail on an empty batch: one black crop flows to them,
             # which the restore node recognises and never runs GPEN on.
@@ -388,7 +389,7 @@ class GPENPasteFaces(io.ComfyNode):
         with _parser(mask_shape if len(faces) else None) as parser:
             out, mask = paste_back(image, face_crops, faces, settings, parser=parser,
                                    check_interrupted=mm.throw_exception_if_processing_interrupted,
-                                   device=pixel_device(mm.get_torch_device()))
+                                   pixels=choose_pixels(mm.get_torch_device()))
         device = mm.intermediate_device()
         return io.NodeOutput(out.to(device), mask.to(device))
 
@@ -430,7 +431,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 image, face_detector, restore, detect_settings, paste_settings, parser=parser,
                 on_progress=lambda done, total: progress.update_absolute(done, total),
                 check_interrupted=mm.throw_exception_if_processing_interrupted,
-                device=pixel_device(mm.get_torch_device()),
+                pixels=choose_pixels(mm.get_torch_device()),
             )
         _log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()

@@ -167,10 +167,11 @@ def run_worker(job: dict) -> dict:
     import_pack()
     from comfyui_gpen_restore.face_utils import PasteSettings, load_detector, pipeline
     from comfyui_gpen_restore.face_utils.conversion import frame_to_numpy
+    from comfyui_gpen_restore.face_utils.pixels import choose_pixels
     from comfyui_gpen_restore.gpen_arch import GpenRunner
 
     device = torch.device(job["device"])
-    pixels = pipeline.pixel_device(device)
+    pixels = choose_pixels(device)
     repeats = job["repeats"]
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
@@ -202,7 +203,7 @@ def run_worker(job: dict) -> dict:
     # One cold run on the large scenes: ResNet-50 takes seconds per megapixel on a CPU.
     large = image.shape[1] * image.shape[2] > 1920 * 1088 or frames > 1
     r50_s, _ = timed(lambda: r50.detect(frame_to_numpy(image, 0)), runs=1 if large else repeats, warm_up=not large)
-    warp_s, crops = timed(lambda: pipeline.warp_crops(image, faces, device=pixels))
+    warp_s, crops = timed(lambda: pipeline.warp_crops(image, faces, pixels=pixels))
 
     gpen_s = 0.0
 
@@ -217,7 +218,7 @@ def run_worker(job: dict) -> dict:
 
     restored = restore(crops, lambda: None)
     gpen_s = 0.0
-    paste_s, _ = timed(lambda: pipeline.paste_back(image, restored, faces, paste, device=pixels))
+    paste_s, _ = timed(lambda: pipeline.paste_back(image, restored, faces, paste, pixels=pixels))
 
     def convert() -> None:
         out = torch.empty_like(image)
@@ -229,7 +230,7 @@ def run_worker(job: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     sync()
     start = time.perf_counter()
-    pipeline.restore_image(image, detector, restore, settings, paste, device=pixels)
+    pipeline.restore_image(image, detector, restore, settings, paste, pixels=pixels)
     sync()
     whole_s = time.perf_counter() - start
     return {

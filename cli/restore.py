@@ -22,6 +22,7 @@ from ..face_utils.conversion import frames_to_image
 from ..face_utils.detection import FaceDetector, load_detector
 from ..face_utils.parsing import FaceParser, load_face_parser
 from ..face_utils.paste import PasteSettings
+from ..face_utils.pixels import Pixels, choose_pixels
 from ..gpen_arch.runner import CropShapeError, GpenRunner
 from . import frame_jobs
 from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
@@ -75,13 +76,13 @@ class Faces:
 
     detector: FaceDetector
     parser: FaceParser | None
-    pixels: object
+    pixels: Pixels
 
     @classmethod
     def load(cls, session: Session, detector: str, detector_dir: Path, parser_dir: Path | None) -> Faces:
         parser = None if parser_dir is None else load_face_parser(parser_dir, device=session.device)
         return cls(load_detector(detector, detector_dir, device=session.device), parser,
-                   pipeline.pixel_device(session.device, session.paste_settings.interpolation))
+                   choose_pixels(session.device, session.paste_settings.interpolation))
 
 
 def restore_aligned(session: Session, jobs: Sequence[Job]) -> list[str]:
@@ -109,7 +110,7 @@ def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: l
             image, depth = read_image(job.source)
             out, _mask, restored = pipeline.restore_image(
                 frames_to_image([image]), faces.detector, session.restore, session.detect_settings,
-                session.paste_settings, parser=faces.parser, device=faces.pixels,
+                session.paste_settings, parser=faces.parser, pixels=faces.pixels,
             )
             write_image(job.target, out[0].numpy(), depth)
         except (ImageFileError, pipeline.FaceInputError) as exc:
@@ -133,7 +134,7 @@ def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | 
         progress.begin(len(frames), "frames")
         return pipeline.restore_frames(frames, faces.detector, session.restore, session.detect_settings,
                                        session.paste_settings, on_frame, parser=faces.parser,
-                                       on_progress=progress.steps, device=faces.pixels)
+                                       on_progress=progress.steps, pixels=faces.pixels)
 
     failures = []
     for job in jobs:

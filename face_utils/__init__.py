@@ -87,13 +87,15 @@ Tracking (`face_utils.tracking`)
         per-frame statistic.
 
 Pipeline (`face_utils.pipeline`; the nodes and the command line share it)
-    DetectSettings, detect_faces(image or FrameSource, detector, settings) -> FaceSet (the GPEN_FACES socket),
-    warp_crops, paste_back, restore_frames(frames, ..., on_frame) (streams any FrameSource), restore_image; each
-    takes `device=pixel_device(model_device)`: on a GPU the pixel work runs there on torch tensors.
+    DetectSettings (the one owner of the detection, selection and tracking rules), detect_faces(image or
+    FrameSource, detector, settings) -> FaceSet (the GPEN_FACES socket), warp_crops, paste_back,
+    restore_frames(frames, ..., on_frame) (streams any FrameSource), restore_image; each takes
+    `pixels=choose_pixels(model_device)`.
 
-Device path (`face_utils.device_faces`)
-    warp_face, prepare_faces, blend_faces: the twins of alignment.warp_face and paste.prepare_faces/blend_faces on
-    torch tensors [H, W, C] on any device, within 1e-4 of them; used for GPUs (OpenCV is faster on the CPU).
+Pixel backends (`face_utils.pixels`)
+    choose_pixels(device, interpolation) -> Pixels, chosen once per run: OpenCvPixels (numpy and OpenCV, the CPU)
+    or TorchPixels(device) (a CUDA device: `face_utils.torch_pixels`, the twins of alignment.warp_face and
+    paste.prepare_faces/blend_faces on tensors, within 1e-4 of them).
 
 Face parsing (`face_utils.parsing`)
     load_face_parser(model_dir, *, device="cpu") -> FaceParser (facexlib's ParseNet,

@@ -17,11 +17,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 
-from . import device_faces, paste
 from .colour import ColourStats
 from .paste import PasteSettings, PreparedFace
+from .pixels import OPENCV_PIXELS, Pixels
 from .records import FaceRecord
 
 # Frames on each side of a frame whose colour statistics are averaged into it, and the Gaussian weight's sigma
@@ -38,9 +37,8 @@ class PasteStream:
     """Frames go in (`push`) in order, with their restored crops and faces; finished frames come out in order
     through `sink` once the frames after them are known (`finish` flushes the rest).
 
-    Frames and crops are numpy arrays (pasted with OpenCV) or tensors on one device (pasted there by
-    `device_faces`, each finished frame and its mask then brought to the CPU in one transfer); the sink always gets
-    numpy.
+    Frames with faces and their crops are the `pixels` backend's (numpy for OpenCV, tensors on a GPU); frames
+    without faces are numpy arrays, passed through. The sink always gets numpy.
 
     `shots` are the half-open frame ranges of the batch's shots (see `pipeline.detect_faces`); with `smooth`
     False (or faces without a track id) every face keeps its own colour statistics, as a single photo does.
@@ -48,19 +46,17 @@ class PasteStream:
 
     def __init__(
         self, settings: PasteSettings, sink: FrameSink, *, shots: Sequence[tuple[int, int]] = (),
-        smooth: bool = True, parser: object | None = None,
+        smooth: bool = True, parser: object | None = None, pixels: Pixels = OPENCV_PIXELS,
     ) -> None:
-        self.settings, self.sink, self.parser = settings, sink, parser
+        self.settings, self.sink, self.parser, self.pixels = settings, sink, parser, pixels
         self.shots = list(shots)
         self.smooth = smooth and settings.color_correction
         self.window = COLOUR_WINDOW_FRAMES if self.smooth else 0
-        self._pending: deque[tuple[int, np.ndarray, list[PreparedFace | None]]] = deque()
+        self._pending: deque[tuple[int, object, list[PreparedFace | None]]] = deque()
         self._colours: dict[tuple[int, int], dict[int, ColourStats]] = {}  # (shot, track) -> frame -> colour
 
-    def push(self, index: int, frame: np.ndarray | torch.Tensor, crops: Sequence[np.ndarray] | Sequence[torch.Tensor],
-             faces: Sequence[FaceRecord]) -> None:
-        prepare = device_faces.prepare_faces if isinstance(frame, torch.Tensor) else paste.prepare_faces
-        prepared = prepare(frame, crops, faces, self.settings, parser=self.parser) if faces else []
+    def push(self, index: int, frame: object, crops: Sequence, faces: Sequence[FaceRecord]) -> None:
+        prepared = self.pixels.prepare_faces(frame, crops, faces, self.settings, parser=self.parser) if faces else []
         for face in prepared:
             key = self._key(face, index)
             if key is not None and face.colour is not None:
@@ -75,17 +71,11 @@ class PasteStream:
 
     def _flush(self) -> None:
         index, frame, prepared = self._pending.popleft()
-        on_device = isinstance(frame, torch.Tensor)
         if not prepared:
-            self.sink(index, frame.cpu().numpy() if on_device else frame, None)
+            self.sink(index, frame, None)
         else:
             colours = [self._smoothed(face, index) if face is not None else None for face in prepared]
-            blend = device_faces.blend_faces if on_device else paste.blend_faces
-            result, mask = blend(frame, prepared, self.settings, colours=colours)
-            if on_device:
-                both = torch.cat([result, mask[:, :, None]], dim=2).cpu().numpy()
-                result, mask = both[:, :, :-1], both[:, :, -1]
-            self.sink(index, result, mask)
+            self.sink(index, *self.pixels.blend_faces(frame, prepared, self.settings, colours=colours))
         # Statistics older than any frame still waiting can no longer be used.
         oldest = self._pending[0][0] if self._pending else index + 1
         for key in list(self._colours):

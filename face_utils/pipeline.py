@@ -2,16 +2,15 @@
 
 One frame loop, two ways through it. First the faces of the whole batch are found, tracked through each shot,
 chosen and aligned (`detect_faces`, which gives a `FaceSet`: the `GPEN_FACES` socket); then, per frame, their
-crops are cut (`_crop_frame`), restored (a `RestoreFn` the caller binds to its model) and pasted back (a
+crops are cut (`Pixels.crops`), restored (a `RestoreFn` the caller binds to its model) and pasted back (a
 `PasteStream`, which smooths each person's colour correction over time). The separate nodes run each step over
 the whole batch (`detect_faces`, `warp_crops`, `paste_back`); `restore_frames` runs the per-frame steps frame by
 frame on any `FrameSource` (an IMAGE batch, a video file), so a long video never holds more than a few frames and
 their crops.
 
-Callers own the model's placement and pass progress and interruption callbacks; results are CPU float32. Given a
-`device` (callers choose it with `pixel_device`: a GPU, never the CPU), the pixel work (crop warps, masks, colour
-correction, blending) runs there on torch tensors (`device_faces`): each frame goes there once and comes back
-once, and faces never leave it in between. Without one it runs on numpy arrays through OpenCV, faster on a CPU.
+Callers own the model's placement and pass progress and interruption callbacks; results are CPU float32. The pixel
+work (crop warps, masks, colour correction, blending) runs on the `pixels` backend the caller chose once with
+`pixels.choose_pixels` (OpenCV on the CPU, torch on a CUDA device; OpenCV when none is given).
 """
 
 from __future__ import annotations
@@ -26,14 +25,14 @@ import numpy as np
 import torch
 
 from ..gpen_arch.runner import resize_crops
-from . import device_faces
-from .alignment import align_face, warp_face
+from .alignment import align_face
 from .choices import ORDERS, TEMPLATES
-from .conversion import frame_to_numpy, frames_to_image
+from .conversion import frame_to_numpy
 from .detection import FaceDetector
 from .images import picture_fingerprint, same_picture
 from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy
 from .paste_stream import FrameSink, PasteStream
+from .pixels import OPENCV_PIXELS, Pixels
 from .records import FaceRecord
 from .selection import parse_index_spec, select_tracks
 from .tracking import DEFAULT_MAX_GAP, assign_tracks, faces_by_frame, smooth_tracks
@@ -233,10 +232,10 @@ def restore_crop_batch(
 
 
 def warp_crops(
-    image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None, device: torch.device | None = None
+    image: torch.Tensor, faces: FaceSet, *, free_bytes: int | None = None, pixels: Pixels = OPENCV_PIXELS
 ) -> torch.Tensor:
-    """The aligned crops of `faces` cut from `image` (on `device` if given): `[N, S, S, C]` float32 on
-    the CPU, written into one preallocated tensor. Raises `FaceInputError` before allocating when they would not
+    """The aligned crops of `faces` cut from `image` (by `pixels`): `[N, S, S, C]` float32 on the CPU, written
+    into one preallocated tensor. Raises `FaceInputError` before allocating when they would not
     fit in `free_bytes`."""
     check_faces_fit_image(image, faces)
     size, channels = faces.crop_size, image.shape[-1]
@@ -252,7 +251,7 @@ def warp_crops(
     positions = faces.positions_by_frame()
     for frame_index, frame in _frames(image, None, only=sorted(positions)):
         frame_faces = [faces.faces[p] for p in positions[frame_index]]
-        crops[positions[frame_index]] = _crop_frame(_to_device(frame, device), frame_faces).cpu()
+        crops[positions[frame_index]] = pixels.crops(pixels.upload(frame), frame_faces).cpu()
     return crops
 
 
@@ -264,10 +263,10 @@ def paste_back(
     *,
     parser: object | None = None,
     check_interrupted: CheckInterrupted | None = None,
-    device: torch.device | None = None,
+    pixels: Pixels = OPENCV_PIXELS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste `crops` (`[N, S, S, C]`, one per face, same order) back into `image` (`[B, H, W, C]`: the frames the
-    faces were found in, or a uniformly scaled copy of them), on `device` if given.
+    faces were found in, or a uniformly scaled copy of them), by `pixels`.
 
     Returns the IMAGE `[B, H, W, C]` and the MASK `[B, H, W]` of where faces were pasted (zeros on frames
     without faces, which pass through unchanged).
@@ -279,14 +278,14 @@ def paste_back(
         )
     check_faces_fit_image(image, faces)
     out_image, out_mask = _empty_results(image)
-    stream = _paste_stream(faces, settings, parser, _store_into(out_image, out_mask))
+    stream = _paste_stream(faces, settings, parser, pixels, _store_into(out_image, out_mask))
     positions = faces.positions_by_frame()
     for frame_index, frame in _frames(image, check_interrupted):
         frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
         if frame_faces:
             check_same_picture(frame, frame_faces, frame_index)
-        frame_crops = _crops_for_paste(crops[positions.get(frame_index, [])], device)
-        stream.push(frame_index, _to_device(frame, device) if frame_faces else frame, frame_crops, frame_faces)
+            frame = pixels.upload(frame)
+        stream.push(frame_index, frame, pixels.for_paste(crops[positions.get(frame_index, [])]), frame_faces)
     stream.finish()
     return out_image, out_mask
 
@@ -302,12 +301,12 @@ def restore_frames(
     parser: object | None = None,
     on_progress: OnProgress | None = None,
     check_interrupted: CheckInterrupted | None = None,
-    device: torch.device | None = None,
+    pixels: Pixels = OPENCV_PIXELS,
 ) -> FaceSet:
     """Find the faces of all frames (`detect_faces`: records only, a few hundred bytes per face), then restore
     and paste frame by frame, handing each finished frame to `on_frame`: only one frame and its crops are alive
-    at a time, however long the video. Given `device`, crops, restoration and paste-back of a frame stay there:
-    `restore` gets the crops there and should return its result there.
+    at a time, however long the video. Crops, restoration and paste-back of a frame stay on the `pixels` backend's
+    device: `restore` gets the crops there and should return its result there.
 
     Progress counts one step per frame for finding the faces, then one per face restored (one per faceless
     frame). Returns the `FaceSet` of the faces restored.
@@ -324,13 +323,13 @@ def restore_frames(
     faces = detect_faces(frames, detector, detect_settings, check_interrupted=check_interrupted, on_frame=step)
     positions = faces.positions_by_frame()
     total = frames_total + sum(len(positions.get(i, [None])) for i in range(frames_total))
-    stream = _paste_stream(faces, paste_settings, parser, on_frame)
+    stream = _paste_stream(faces, paste_settings, parser, pixels, on_frame)
     for frame_index, frame in _frames(frames, check_interrupted):
         frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
-        crops: list[np.ndarray] | list[torch.Tensor] = []
+        crops = []
         if frame_faces:
-            frame = _to_device(frame, device)
-            crops = _crops_for_paste(restore(_crop_frame(frame, frame_faces), step), device)
+            frame = pixels.upload(frame)
+            crops = pixels.for_paste(restore(pixels.crops(frame, frame_faces), step))
         else:
             step()
         stream.push(frame_index, frame, crops, frame_faces)
@@ -407,37 +406,10 @@ def _shots(fingerprints: Sequence[str]) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [len(fingerprints)]))
 
 
-def pixel_device(device: torch.device | str | None, interpolation: str = "cubic") -> torch.device | None:
-    """The `device` argument for the pixel work when the model runs on `device`: a CUDA device, or None (numpy and
-    OpenCV) for the CPU, where OpenCV is faster, for other accelerators (MPS, XPU: their bicubic `grid_sample` is
-    unchecked) and for an `interpolation` without a torch sampler (lanczos)."""
-    if device is None or torch.device(device).type != "cuda" or not device_faces.supports(interpolation):
-        return None
-    return torch.device(device)
-
-
-def _to_device(frame: np.ndarray, device: torch.device | None) -> np.ndarray | torch.Tensor:
-    """A numpy frame, or its tensor on `device` (the frame's one upload)."""
-    return frame if device is None else torch.from_numpy(frame).to(device)
-
-
-def _crop_frame(frame: np.ndarray | torch.Tensor, faces: Sequence[FaceRecord]) -> torch.Tensor:
-    """The aligned crops of one frame's faces, `[n, S, S, C]` float32, on the frame's device (the CPU for numpy)."""
-    if isinstance(frame, torch.Tensor):
-        return torch.stack([device_faces.warp_face(frame, face) for face in faces])
-    return frames_to_image([warp_face(frame, face) for face in faces])
-
-
-def _crops_for_paste(crops: torch.Tensor, device: torch.device | None) -> list[np.ndarray] | list[torch.Tensor]:
-    """Restored crops `[n, S, S, C]` (any device) as paste-back takes them: CPU float32 numpy arrays, or float32
-    tensors on `device`."""
-    crops = crops.detach().to(device or "cpu", torch.float32)
-    return list(crops) if device is not None else [crop.numpy() for crop in crops]
-
-
-def _paste_stream(faces: FaceSet, settings: PasteSettings, parser: object | None, sink: FrameSink) -> PasteStream:
+def _paste_stream(faces: FaceSet, settings: PasteSettings, parser: object | None, pixels: Pixels,
+                  sink: FrameSink) -> PasteStream:
     """Paste-back frame by frame, colour correction smoothed over time as the faces were (see paste_stream)."""
-    return PasteStream(settings, sink, shots=faces.shots, smooth=faces.smoothing > 0, parser=parser)
+    return PasteStream(settings, sink, shots=faces.shots, smooth=faces.smoothing > 0, parser=parser, pixels=pixels)
 
 
 def _store_into(out_image: torch.Tensor, out_mask: torch.Tensor) -> FrameSink:

@@ -161,15 +161,15 @@ def crop_region(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, border_mo
     height, width = image.shape[:2]
     if 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height:
         return image[y0:y1, x0:x1]
-    rows, rows_inside = _border_indices(y0, y1, height, border_mode)
-    cols, cols_inside = _border_indices(x0, x1, width, border_mode)
+    rows, rows_inside = border_indices(y0, y1, height, border_mode)
+    cols, cols_inside = border_indices(x0, x1, width, border_mode)
     region = image[rows[:, None], cols[None, :]]
     if border_mode == cv2.BORDER_CONSTANT:
         region = region * (rows_inside[:, None] & cols_inside[None, :])[:, :, None].astype(image.dtype)
     return region
 
 
-def _border_indices(start: int, stop: int, length: int, border_mode: int) -> tuple[np.ndarray, np.ndarray]:
+def border_indices(start: int, stop: int, length: int, border_mode: int) -> tuple[np.ndarray, np.ndarray]:
     """Source indices for positions start..stop-1 of an axis of `length` pixels, and which of them are inside."""
     positions = np.arange(start, stop)
     inside = (positions >= 0) & (positions < length)

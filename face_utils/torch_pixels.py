@@ -3,7 +3,7 @@ colour correction, on tensors that stay where the model is.
 
 These are the twins of `alignment.warp_face` and `paste.prepare_faces` / `paste.blend_faces`, which use OpenCV
 and are the faster choice on a CPU (a 2048 crop warp: OpenCV about 2.4x faster than torch's `grid_sample` on 2
-cores), so the pipeline comes here only for other devices. Geometry, filter designs and constants are those
+cores), so `pixels.choose_pixels` takes this backend (`pixels.TorchPixels`) only on a CUDA device. Geometry, filter designs and constants are those
 modules' own (imported, never restated); the arithmetic is the same steps in torch:
 
 - warps: torch's bicubic `grid_sample` is Keys' kernel with a = -0.75, as OpenCV's INTER_CUBIC; the region under
@@ -15,7 +15,7 @@ modules' own (imported, never restated); the arithmetic is the same steps in tor
   shrinking (the same fractional-pixel weights, as two small matrix products) and bilinear enlarging.
 
 OpenCV's warps quantise sample positions to 1/32 pixel, torch's do not, so the two paths agree to about 1e-3 in
-smooth areas rather than bit for bit (tests/test_device_faces.py holds the stated tolerances). Lanczos has no
+smooth areas rather than bit for bit (tests/test_torch_pixels.py holds the stated tolerances). Lanczos has no
 torch sampler: settings asking for it take the OpenCV path (`supports`).
 
 Images here are float32 tensors [H, W, C] in 0..1 (C = 1, 3 or 4) on one device; crops [S, S, C].
@@ -44,7 +44,7 @@ from .paste import ELLIPSE_SEMI_AXES_UV, PasteSettings, PreparedFace, face_regio
 from .records import FaceRecord
 from .resample import (
     SHRINK_THRESHOLD,
-    _border_indices,
+    border_indices,
     affine_scale,
     compose_affine,
     lowpass_fir,
@@ -342,8 +342,8 @@ def _crop_region(image: torch.Tensor, x0: int, y0: int, x1: int, y1: int, border
     height, width = image.shape[:2]
     if 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height:
         return image[y0:y1, x0:x1]
-    rows, rows_inside = (torch.from_numpy(a).to(image.device) for a in _border_indices(y0, y1, height, border_mode))
-    cols, cols_inside = (torch.from_numpy(a).to(image.device) for a in _border_indices(x0, x1, width, border_mode))
+    rows, rows_inside = (torch.from_numpy(a).to(image.device) for a in border_indices(y0, y1, height, border_mode))
+    cols, cols_inside = (torch.from_numpy(a).to(image.device) for a in border_indices(x0, x1, width, border_mode))
     region = image[rows[:, None], cols[None, :]]
     if border_mode == cv2.BORDER_CONSTANT:
         region = region * (rows_inside[:, None] & cols_inside[None, :])[:, :, None].to(image.dtype)

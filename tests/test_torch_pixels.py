@@ -1,4 +1,5 @@
-"""The torch pixel path (face_utils.device_faces, what runs on a GPU) against the OpenCV one, run here on the CPU.
+"""The two pixel backends (face_utils.pixels) held together: the torch one (face_utils.torch_pixels, what runs on a
+GPU) against the OpenCV one, run here on the CPU.
 
 Stated tolerances (max abs difference, values in 0..1): crop warps and paste-back, colour correction included,
 1e-4 (the same cubic samples and filters computed in another order: about 2e-5 on the fixture photos, a 40th of
@@ -18,9 +19,9 @@ from comfyui_gpen_restore.face_utils import (
     PasteSettings,
     align_face,
     detection,
-    device_faces,
     paste,
     pipeline,
+    torch_pixels,
     warp_face,
 )
 from comfyui_gpen_restore.face_utils.parsing import (
@@ -29,10 +30,13 @@ from comfyui_gpen_restore.face_utils.parsing import (
     FaceParser,
 )
 from comfyui_gpen_restore.face_utils.paste_stream import PasteStream
+from comfyui_gpen_restore.face_utils.pixels import OPENCV_PIXELS, TorchPixels, choose_pixels
 from support import DETECTOR, read_rgb
 
 TOLERANCE = 1e-4
 MASK_TOLERANCE = 1e-5
+# The torch backend on the CPU: the same code that runs on a GPU, where these tests can run.
+ON_CPU = TorchPixels(torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +51,14 @@ def photos(fixtures_dir):
 
 
 def torch_warp(image: np.ndarray, face) -> np.ndarray:
-    return device_faces.warp_face(torch.from_numpy(image), face).numpy()
+    return torch_pixels.warp_face(torch.from_numpy(image), face).numpy()
 
 
 def torch_paste(image: np.ndarray, crops, faces, settings, parser=None):
     tensor = torch.from_numpy(image)
-    prepared = device_faces.prepare_faces(tensor, [torch.from_numpy(c) for c in crops], faces, settings,
+    prepared = torch_pixels.prepare_faces(tensor, [torch.from_numpy(c) for c in crops], faces, settings,
                                           parser=parser)
-    result, mask = device_faces.blend_faces(tensor, prepared, settings)
+    result, mask = torch_pixels.blend_faces(tensor, prepared, settings)
     return result.numpy(), mask.numpy()
 
 
@@ -101,7 +105,7 @@ def test_crop_warp_at_the_frame_edge_follows_the_border_rule(photos, border):
     for crop_size in (64, 512):
         aligned = align_face(shifted, crop_size=crop_size)
         expected = warp_face(cut, aligned, border=border)
-        result = device_faces.warp_face(torch.from_numpy(cut), aligned, border=border).numpy()
+        result = torch_pixels.warp_face(torch.from_numpy(cut), aligned, border=border).numpy()
         assert np.abs(result - expected).max() <= TOLERANCE
 
 
@@ -198,7 +202,7 @@ def test_the_one_node_path_on_a_device_agrees_and_hands_over_numpy(photos):
     settings = pipeline.DetectSettings(crop_size=256)
     expected, expected_mask, _ = pipeline.restore_image(frames, OneFace(), brighten, settings, PasteSettings())
     result, mask, faces = pipeline.restore_image(frames, OneFace(), brighten, settings, PasteSettings(),
-                                                 device=torch.device("cpu"))
+                                                 pixels=ON_CPU)
     assert len(faces) == 1 and seen == [(torch.Tensor, torch.device("cpu"))] * 2
     assert np.abs((result - expected).numpy()).max() <= TOLERANCE
     assert np.abs((mask - expected_mask).numpy()).max() <= MASK_TOLERANCE
@@ -211,20 +215,21 @@ def test_separate_paths_on_a_device_agree(photos):
     faces = pipeline.FaceSet((dataclasses.replace(align_face(face, crop_size=512),
                                                   frame_fingerprint=None),), 1, 512, "stand-in", 1)
     crops = pipeline.warp_crops(frames, faces)
-    on_device = pipeline.warp_crops(frames, faces, device=torch.device("cpu"))
+    on_device = pipeline.warp_crops(frames, faces, pixels=ON_CPU)
     assert on_device.device.type == "cpu" and (on_device - crops).abs().max() <= TOLERANCE
     expected, _ = pipeline.paste_back(frames, crops, faces, PasteSettings())
-    result, _ = pipeline.paste_back(frames, crops, faces, PasteSettings(), device=torch.device("cpu"))
+    result, _ = pipeline.paste_back(frames, crops, faces, PasteSettings(), pixels=ON_CPU)
     assert (result - expected).abs().max() <= TOLERANCE
 
 
-def test_only_cuda_without_lanczos_takes_the_device_path():
-    assert pipeline.pixel_device("cuda", "lanczos") is None
-    assert pipeline.pixel_device("cpu") is None and pipeline.pixel_device(None) is None
-    assert pipeline.pixel_device("mps") is None
-    assert pipeline.pixel_device("cuda:1") == torch.device("cuda:1")
+def test_only_cuda_without_lanczos_takes_the_torch_backend():
+    assert choose_pixels("cuda", "lanczos") is OPENCV_PIXELS
+    assert choose_pixels("cpu") is OPENCV_PIXELS and choose_pixels(None) is OPENCV_PIXELS
+    assert choose_pixels("mps") is OPENCV_PIXELS
+    chosen = choose_pixels("cuda:1")
+    assert isinstance(chosen, TorchPixels) and chosen.device == torch.device("cuda:1")
     with pytest.raises(ValueError, match="lanczos"):
-        device_faces.warp_face(torch.zeros(8, 8, 3), align_face(_tiny_face(), crop_size=8), interpolation="lanczos")
+        torch_pixels.warp_face(torch.zeros(8, 8, 3), align_face(_tiny_face(), crop_size=8), interpolation="lanczos")
 
 
 def test_stream_smooths_colour_statistics_held_as_tensors(photos):
@@ -232,7 +237,8 @@ def test_stream_smooths_colour_statistics_held_as_tensors(photos):
     aligned = dataclasses.replace(align_face(face, crop_size=256), track_id=0)
     crop = torch.from_numpy(warp_face(image, aligned))
     out = {}
-    stream = PasteStream(PasteSettings(), lambda i, frame, mask: out.__setitem__(i, (frame, mask)), shots=[(0, 3)])
+    stream = PasteStream(PasteSettings(), lambda i, frame, mask: out.__setitem__(i, (frame, mask)), shots=[(0, 3)],
+                         pixels=ON_CPU)
     for index in range(3):
         frame = torch.from_numpy(np.clip(image + 0.02 * index, 0, 1).astype(np.float32))
         stream.push(index, frame, [crop], [aligned.with_frame(index)])
