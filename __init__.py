@@ -13,8 +13,7 @@ async def comfy_entrypoint():
     """The pack's `ComfyExtension` (ComfyUI's V3 entry point), after registering its model folders."""
     import folder_paths
 
-    from .face_utils.weights import DETECTION_FOLDER, DETECTION_EXTENSIONS
-    from .gpen_arch.files import GPEN_EXTENSIONS, RESTORE_FOLDER
+    from .model_files.folders import DETECTION_EXTENSIONS, DETECTION_FOLDER, GPEN_EXTENSIONS, RESTORE_FOLDER
     from .nodes import GPENExtension
 
     for name, extensions in ((RESTORE_FOLDER, GPEN_EXTENSIONS), (DETECTION_FOLDER, DETECTION_EXTENSIONS)):

@@ -32,9 +32,10 @@ from .face_utils.pipeline import DetectSettings, FaceSet, RestoreFn, detect_face
 from .face_utils.pipeline import restore_crop_batch, restore_image, warp_crops
 from .face_utils.pixels import choose_pixels
 from .face_utils.preview import draw_faces
-from .face_utils.weights import DETECTION_FOLDER, folder_with_file
-from .gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, models_by_name, preferred_model
+from .gpen_arch.loader import model_size
 from .gpen_arch.runner import DEFAULT_STRENGTH, MAX_BATCH_SIZE, PRECISIONS, GpenRunner
+from .model_files.folders import COMFYUI_WHERE_TO_GET, DETECTION_FOLDER, DOWNLOAD_HINT, GPEN_EXTENSIONS
+from .model_files.folders import RESTORE_FOLDER, folder_with_file, models_by_name, preferred_model
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class GPENModelLoader(io.ComfyNode):
                 "moves it to the GPU when it runs and frees it under memory pressure."),
             inputs=[
                 io.Combo.Input("model_name", options=list(paths) or [NO_MODELS],
-                               default=preferred_model(paths) or NO_MODELS, tooltip=(
+                               default=preferred_model(paths, model_size) or NO_MODELS, tooltip=(
                     "A GPEN file in models/facerestore_models (the folder ReActor and facerestore_cf use); the "
                     "default is the largest GPEN there, judged by what each file holds.")),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
@@ -217,7 +218,7 @@ class GPENModelLoader(io.ComfyNode):
         path = _model_path(model_name)
         device = mm.get_torch_device()
         runner = GpenRunner.load(
-            path, precision=precision, compile=compile,
+            path, precision=precision, compile=compile, where_to_get=COMFYUI_WHERE_TO_GET,
             fp16_ok=mm.should_use_fp16(device, prioritize_performance=True),
             bf16_ok=mm.should_use_bf16(device, prioritize_performance=True),
         )

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 from ..face_utils.choices import DEFAULT_EROSION, DEFAULT_FEATHER, DEFAULT_MAX_GAP, DETECTORS, MASK_SHAPES
 from ..face_utils.choices import ORDERS, TEMPLATES
 from ..gpen_arch.choices import DEFAULT_STRENGTH, PRECISIONS
-from ..gpen_arch.errors import MissingDependencyError, UnsupportedCheckpointError
+from ..model_files.errors import MissingDependencyError, UnsupportedCheckpointError
+from ..model_files.folders import DETECTION_FOLDER, DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models
+from ..model_files.folders import folder_with_file, preferred_model
 from .frame_jobs import SequenceJob, VideoJob
 from .jobs import CommandLineError, Job, plan_all
 from .progress import ProgressLine
@@ -148,7 +150,6 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     # The pipeline and the model need torch and OpenCV: imported only now that the command line has been checked.
     from ..face_utils import pipeline
     from ..face_utils.paste import PasteSettings
-    from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS
     from ..gpen_arch.runner import check_strength
     from . import restore
 
@@ -246,8 +247,6 @@ def check_model_path(path: Path) -> None:
     `load_gpen`, whose message says where to download one)."""
     if not path.is_dir():
         return
-    from ..gpen_arch.files import DOWNLOAD_HINT, GPEN_EXTENSIONS, find_models  # imports torch: only for a folder
-
     inside = find_models([path])
     if inside:
         listed = ", ".join(str(p) for p in inside[:5]) + (f" and {len(inside) - 5} more" if len(inside) > 5 else "")
@@ -259,7 +258,7 @@ def check_model_path(path: Path) -> None:
 
 def default_model(roots: Sequence[Path]) -> Path:
     """The preferred GPEN file (GPEN-BFR-2048 first) in the `facerestore_models` folder of `roots`."""
-    from ..gpen_arch.files import DOWNLOAD_HINT, RESTORE_FOLDER, find_models, preferred_model  # deferred: torch
+    from ..gpen_arch.loader import model_size  # deferred: imports torch
 
     folders = [root / RESTORE_FOLDER for root in roots]
     models = find_models(folders)
@@ -269,15 +268,14 @@ def default_model(roots: Sequence[Path]) -> Path:
             f"{DOWNLOAD_HINT}. Put it in one of those folders or pass --model PATH."
         )
     by_name = {str(p): p for p in models}
-    return by_name[preferred_model(by_name)]
+    return by_name[preferred_model(by_name, model_size)]
 
 
 def default_detector_dir(roots: Sequence[Path], model_path: Path, weights: str) -> Path:
     """Where detector (or parser) weights `weights` are: a `facedetection` folder holding the file, beside the
     model's folder when that is a `facerestore_models` folder (a ComfyUI layout), else under `roots`. When none
     holds it, the first of those, where it is then downloaded."""
-    from ..gpen_arch.files import RESTORE_FOLDER  # deferred, as both modules import torch
-    from ..face_utils.weights import DETECTION_FOLDER, KNOWN_WEIGHTS, folder_with_file
+    from ..face_utils.weights import KNOWN_WEIGHTS  # deferred: imports torch
 
     model_folder = model_path.resolve().parent
     candidates = [root / DETECTION_FOLDER for root in roots]

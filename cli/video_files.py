@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ..gpen_arch.errors import MissingDependencyError
+from ..model_files.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -26,7 +26,7 @@ Weights (`face_utils.weights`)
         also a truncated download; the download is deleted).
     KNOWN_WEIGHTS: key -> WeightsSpec(filename, url, sha256) for "retinaface_resnet50", "retinaface_mobile0.25",
         "yunet" and "parsenet"; resolve_known_weights(key, model_dir). Weights files are read through
-        gpen_arch.loader.read_checkpoint (tensors only; no code in a file ever runs).
+        model_files.checkpoints.read_checkpoint (tensors only; no code in a file ever runs).
 
 Detection (`face_utils.detection`)
     DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25", "yunet")
@@ -34,7 +34,7 @@ Detection (`face_utils.detection`)
         (weights loaded by us with weights_only=True and strict keys, so facexlib never downloads) on `device`;
         YuNet through cv2.FaceDetectorYN on the CPU. Bad name -> ValueError listing DETECTORS; weights missing and
         not downloadable -> WeightsUnavailableError naming the other detectors (and which are already in
-        model_dir); a damaged or foreign weights file -> gpen_arch's UnsupportedCheckpointError (a ValueError).
+        model_dir); a damaged or foreign weights file -> model_files' UnsupportedCheckpointError (a ValueError).
     FaceDetector.detect(image, *, frame_index=0, score_threshold=0.9, detection_size=0, min_face_size=0)
         -> list[FaceRecord], best score first, unaligned. FaceDetector.to(device) moves a RetinaFace detector
         (facexlib's own device attributes included) for offloading. detection_size is the long side of the copy

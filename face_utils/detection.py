@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..gpen_arch.errors import UnsupportedCheckpointError
+from ..model_files.errors import UnsupportedCheckpointError
 from .choices import DETECTORS
 from .images import check_image, to_rgb
 from .records import FaceRecord

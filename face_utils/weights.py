@@ -12,21 +12,17 @@ never leaves a file that looks valid. Nothing here runs at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.hub
 
-from ..gpen_arch.errors import UnsupportedCheckpointError
-from ..gpen_arch.loader import read_checkpoint
+from ..model_files.checkpoints import read_checkpoint
+from ..model_files.errors import UnsupportedCheckpointError
 
 logger = logging.getLogger(__name__)
 
-# The ComfyUI model folder for detector and face-parser weights, as ReActor and facerestore_cf use it.
-DETECTION_FOLDER = "facedetection"
-DETECTION_EXTENSIONS = (".pth", ".onnx")  # RetinaFace and ParseNet are .pth, YuNet is .onnx
 # The start of torch.hub's message when the downloaded bytes do not have the expected SHA-256 (torch 2.x); the only
 # RuntimeError `download_url_to_file` raises itself.
 TORCH_HUB_HASH_MISMATCH = "invalid hash value"
@@ -132,11 +128,6 @@ def resolve_weights(filename: str, model_dir: str | Path, *, url: str, sha256: s
     return target
 
 
-def folder_with_file(filename: str, folders: Sequence[Path]) -> Path | None:
-    """The first of `folders` that holds `filename`, or None."""
-    return next((folder for folder in folders if (folder / filename).is_file()), None)
-
-
 def resolve_known_weights(key: str, model_dir: str | Path) -> Path:
     """`resolve_weights` for one of `KNOWN_WEIGHTS` (by key, for example "retinaface_resnet50")."""
     try:
@@ -147,7 +138,7 @@ def resolve_known_weights(key: str, model_dir: str | Path) -> Path:
 
 
 def load_state_dict_into(net: torch.nn.Module, path: Path, key: str) -> torch.nn.Module:
-    """Load the weights at `path` (plain tensors only, through `gpen_arch.loader.read_checkpoint`) strictly into
+    """Load the weights at `path` (plain tensors only, through `model_files.checkpoints.read_checkpoint`) strictly into
     `net`, facexlib's network for the `KNOWN_WEIGHTS[key]` file; unwraps a `state_dict` container and a
     DataParallel `module.` prefix. Raises `UnsupportedCheckpointError` (a ValueError) naming the expected file
     and its address when the file does not fit."""

@@ -1,9 +1,10 @@
-"""GPEN written for inference: the network (`GPEN`), its configuration read from weights, `load_gpen`, and
-`GpenRunner`, the one owner of how a loaded GPEN is called.
+"""GPEN written for inference, as a spandrel architecture is: the network (`GPEN`), its configuration read from
+weights, the loader (`load_gpen`, `model_size`) and `GpenRunner`, the one owner of how a loaded GPEN is called.
 
-Imports only torch and the standard library (safetensors and onnxruntime lazily, when such a file is loaded). The
-names below are imported on first use, as `face_utils`'s are (see there), so `gpen_arch.errors` and
-`gpen_arch.choices` cost nothing to the command line's --help.
+Imports torch, the standard library and `model_files` (the one checkpoint reader and the loaders' errors;
+safetensors and onnxruntime lazily, when such a file is loaded). The names below are imported on first use, as
+`face_utils`'s are (see there), so `gpen_arch.choices` (the runner's precisions and upstream's blend) costs nothing
+to the command line's --help.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import importlib
 _EXPORTS = {
     "choices": ("DEFAULT_STRENGTH", "PRECISIONS"),
     "config": ("infer_config",),
-    "errors": ("MissingDependencyError", "UnsupportedCheckpointError"),
-    "loader": ("load_gpen", "unwrap_state_dict"),
+    "loader": ("load_gpen", "model_size", "unwrap_state_dict"),
     "model": ("GPEN",),
     "runner": ("GpenRunner", "check_strength", "choose_dtype"),
 }

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import UnsupportedCheckpointError
+from ..model_files.errors import UnsupportedCheckpointError
 
 if TYPE_CHECKING:
     from .model import GPEN
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # Keys every GPEN FullGenerator state dict has; their absence means "not GPEN" rather than "damaged GPEN".
 SIGNATURE_KEYS = ("generator.style.1.weight", "generator.input.input", "ecd0.0.0.weight", "final_linear.0.weight")
 # The advice `load_gpen` ends its errors with (the messages raised here describe the problem only).
-WHERE_TO_GET = "Expected a GPEN-BFR-*.pth (or .onnx) in ComfyUI/models/facerestore_models"
+WHERE_TO_GET = "Expected a GPEN-BFR-256/512/1024/2048 file (.pth, .pt, .safetensors or .onnx)"
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, float | int]:

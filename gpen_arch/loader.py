@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import WHERE_TO_GET
-from .errors import UnsupportedCheckpointError
+from ..model_files.checkpoints import read_checkpoint, read_safetensors
+from ..model_files.errors import UnsupportedCheckpointError
+from .config import WHERE_TO_GET, infer_config
 from .model import GPEN
 
 logger = logging.getLogger(__name__)
@@ -20,11 +21,6 @@ TORCH_SUFFIXES = (".pth", ".pt")
 # Wrappers seen around GPEN state dicts, most inference-worthy first: training checkpoints hold the EMA
 # generator as `g_ema` (rosinality-style) or `params_ema` (BasicSR-style) next to the raw weights.
 CONTAINER_KEYS = ("g_ema", "params_ema", "params", "state_dict")
-# How torch's weights-only unpickler starts its refusal of anything but tensors and plain containers (torch 2.4+).
-WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
-# The two layouts torch.save writes: a zip archive (torch >= 1.6) or the legacy pickle stream (protocol 2+).
-ZIP_MAGIC = b"PK\x03\x04"
-PICKLE_PROTO = b"\x80"
 
 
 def load_gpen(path: str | Path, *, where_to_get: str = WHERE_TO_GET) -> nn.Module:
@@ -49,7 +45,7 @@ def load_gpen(path: str | Path, *, where_to_get: str = WHERE_TO_GET) -> nn.Modul
         except UnsupportedCheckpointError as exc:
             raise UnsupportedCheckpointError(f"{exc} {where_to_get}.") from exc
     if suffix == ".safetensors":
-        state_dict = _read_safetensors(path, where_to_get=where_to_get)
+        state_dict = read_safetensors(path, where_to_get=where_to_get)
     elif suffix in TORCH_SUFFIXES:
         checkpoint = read_checkpoint(path, where_to_get=where_to_get)
         state_dict = unwrap_state_dict(checkpoint, source=path.name, where_to_get=where_to_get)
@@ -93,62 +89,33 @@ def _is_tensor_mapping(obj: Mapping) -> bool:
     return bool(obj) and all(isinstance(key, str) and isinstance(v, torch.Tensor) for key, v in obj.items())
 
 
-def read_checkpoint(path: str | Path, *, where_to_get: str) -> object:
-    """What a `.pth`/`.pt` file holds, read with `torch.load(weights_only=True, map_location="cpu")`: tensors
-    and plain containers only, so no code in the file ever runs. The one place checkpoints are read, for GPEN
-    models and for detector and parser weights alike.
-
-    Raises `UnsupportedCheckpointError`, its message ending with `where_to_get` (which file is expected and where
-    it comes from), telling apart a pickle that needs code to load, a truncated or corrupt file, and a file
-    that is no PyTorch checkpoint at all.
-    """
-    path = Path(path)
+def model_size(path: Path) -> int | None:
+    """The crop size of the GPEN in `path`, read from what the file holds (tensor names and shapes, or the ONNX
+    graph's input), or None when it is not a readable GPEN file. Cached per file path, size and modification
+    time, so listing a model folder again costs nothing."""
     try:
-        with path.open("rb") as file:
-            head = file.read(len(ZIP_MAGIC))
-    except OSError as exc:
-        raise UnsupportedCheckpointError(
-            f"Cannot open {path}: {exc.strerror or type(exc).__name__}. {where_to_get}."
-        ) from exc
-    if not head:
-        raise UnsupportedCheckpointError(
-            f"{path.name} is an empty file (0 bytes), so it is truncated or corrupt: a download or copy that did "
-            f"not complete. Download it again. {where_to_get}."
-        )
-    if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTO)):
-        # Checked before torch.load: its unpickler fed other bytes fails in arbitrary ways (IndexError, KeyError).
-        raise UnsupportedCheckpointError(
-            f"{path.name} is not a PyTorch checkpoint: torch.save writes a zip archive or a pickle, this file "
-            f"starts with {head!r} ({path.stat().st_size:,} bytes). {where_to_get}."
-        )
+        stat = path.stat()
+    except OSError:
+        return None
+    return _model_size(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_size(path: str, _size: int, _mtime_ns: int) -> int | None:
+    suffix = Path(path).suffix.lower()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged archive or pickle fails anywhere in torch.load, with no common base class
-        raise UnsupportedCheckpointError(f"{_checkpoint_problem(path, exc)} {where_to_get}.") from exc
+        if suffix == ".onnx":
+            from .onnx_model import OnnxGPEN
 
+            return OnnxGPEN(path).size
+        if suffix == ".safetensors":
+            from safetensors import safe_open
 
-def _checkpoint_problem(path: Path, exc: Exception) -> str:
-    """Whole sentences on why torch.load refused `path`, a zip archive or pickle by its first bytes (torch's own
-    text is advice to turn the safety off, so it is not repeated)."""
-    if isinstance(exc, pickle.UnpicklingError) and WEIGHTS_ONLY_REFUSAL in str(exc):
-        return (
-            f"{path.name} is a pickle that needs code to load, which is never run: it holds Python objects "
-            "besides tensors. Use a file of plain weights instead (the official release of this model)."
-        )
-    return (
-        f"{path.name} is truncated or corrupt ({path.stat().st_size:,} bytes; torch.load raised "
-        f"{type(exc).__name__}). Download it again."
-    )
-
-
-def _read_safetensors(path: Path, *, where_to_get: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UnsupportedCheckpointError(
-            f"Cannot read {path.name} as safetensors ({exc}): the file is truncated or not safetensors. "
-            f"Download it again. {where_to_get}."
-        ) from exc
+            with safe_open(path, framework="pt") as file:
+                shapes = {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
+        else:
+            # mmap: only the tensor headers are read, not the weights.
+            shapes = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        return int(infer_config(shapes)["size"])
+    except Exception:  # any unreadable or foreign file simply ranks last; loading it reports why
+        return None

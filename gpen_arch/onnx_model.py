@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MissingDependencyError, UnsupportedCheckpointError
+from ..model_files.errors import MissingDependencyError, UnsupportedCheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -237,7 +237,7 @@ def test_package_has_no_network_code_of_its_own():
 def test_a_damaged_detector_file_says_what_it_is_and_where_the_real_one_is(tmp_path, fixtures_dir, damage, expected):
     import torch
 
-    from comfyui_gpen_restore.gpen_arch import UnsupportedCheckpointError
+    from comfyui_gpen_restore.model_files.errors import UnsupportedCheckpointError
 
     spec = KNOWN_WEIGHTS["retinaface_mobile0.25"]
     target = tmp_path / spec.filename

@@ -10,8 +10,9 @@ import torch
 from support import REPO_ROOT, CodePayload
 from safetensors.torch import save_file
 
-from comfyui_gpen_restore.gpen_arch import GPEN, UnsupportedCheckpointError, load_gpen
-from comfyui_gpen_restore.gpen_arch.errors import MissingDependencyError
+from comfyui_gpen_restore.gpen_arch import GPEN, load_gpen
+from comfyui_gpen_restore.model_files.errors import MissingDependencyError, UnsupportedCheckpointError
+from comfyui_gpen_restore.model_files.folders import COMFYUI_WHERE_TO_GET
 
 CONFIG_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "narrow")
 # The published GPEN-BFR configurations (upstream's README and the fixture manifests).
@@ -263,8 +264,11 @@ def test_unknown_extension_and_missing_file(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(UnsupportedCheckpointError, match="expected a .pth, .pt, .safetensors or .onnx"):
         load_gpen(tmp_path / "model.gguf")
-    with pytest.raises(FileNotFoundError, match="facerestore_models"):
+    with pytest.raises(FileNotFoundError, match="absent.pth. Expected a GPEN-BFR-256/512/1024/2048 file"):
         load_gpen(tmp_path / "absent.pth")
+    # The host names its own folder.
+    with pytest.raises(FileNotFoundError, match="in ComfyUI/models/facerestore_models"):
+        load_gpen(tmp_path / "absent.pth", where_to_get=COMFYUI_WHERE_TO_GET)
 
 
 def test_loading_initialises_nothing_it_then_replaces(tmp_path):
