@@ -12,18 +12,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what ComfyUI nodes produce and face_utils accepts
+from .images import SUPPORTED_CHANNELS
 
 
 class ImageBatchError(ValueError):
     """Something that is not a ComfyUI IMAGE batch where one is needed."""
 
 
-def check_image(image: torch.Tensor, *, name: str = "image") -> None:
+def check_image_batch(image: torch.Tensor, *, name: str = "image") -> None:
     """Raise `ImageBatchError` unless `image` is a ComfyUI IMAGE: a float tensor `[B, H, W, C]`, C in {1, 3, 4}."""
     if not isinstance(image, torch.Tensor):
         raise ImageBatchError(f"`{name}` must be an IMAGE tensor [B, H, W, C], got {type(image).__name__}")
-    if image.ndim != 4 or image.shape[-1] not in IMAGE_CHANNELS or not image.is_floating_point():
+    if image.ndim != 4 or image.shape[-1] not in SUPPORTED_CHANNELS or not image.is_floating_point():
         raise ImageBatchError(
             f"`{name}` must be an IMAGE, a float tensor [batch, height, width, channels] with 1, 3 or 4 "
             f"channels; got {image.dtype} {list(image.shape)}. Connect an IMAGE output (Load Image, VAE Decode)."

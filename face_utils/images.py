@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-SUPPORTED_CHANNELS = (1, 3, 4)
+SUPPORTED_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what ComfyUI nodes produce and face_utils accepts
 
 # ITU-R BT.601 luma weights: the grey conversion OpenCV and most image libraries use.
 LUMA_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)

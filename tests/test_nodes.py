@@ -162,7 +162,7 @@ def test_messages_and_tooltips_name_only_nodes_that_exist(nodes, models):
         texts += [spec[1].get("tooltip", "") for section in info["input"].values() for spec in section.values()
                   if len(spec) > 1]
         texts += info["output_tooltips"]
-    source = (Path(nodes.__file__).parent / "face_utils" / "pipeline.py").read_text()
+    source = (Path(nodes.__file__).parents[1] / "face_utils" / "pipeline.py").read_text()
     named = {m for text in texts + [source] for m in re.findall(r"'([A-Z][^']+\([^']*\)|[A-Z][a-z]+ [^']+)'", text)}
     node_like = {n for n in named if any(w in n for w in ("faces", "GPEN", "model", "detector"))}
     assert node_like and node_like <= set(nodes.TITLES.values()), node_like - set(nodes.TITLES.values())
@@ -393,7 +393,7 @@ def test_detector_and_parser_wait_on_the_offload_device(nodes, comfy, models, mo
     from comfyui_gpen_restore.face_utils import parsing
 
     monkeypatch.setattr(parsing, "load_face_parser", counting_load)
-    monkeypatch.setattr(nodes, "_PARSERS", parsing.FaceParserCache())
+    monkeypatch.setattr(nodes.models, "PARSERS", parsing.FaceParserCache())
     seen_devices = []
     monkeypatch.setattr(face_utils.FaceParser, "face_mask",
                         lambda self, crop, size=None: seen_devices.append(self.device) or np.ones(crop.shape[:2],
@@ -403,7 +403,7 @@ def test_detector_and_parser_wait_on_the_offload_device(nodes, comfy, models, mo
     for _ in range(2):
         paste(nodes, image_batch(grace), crops, faces, mask_shape="parsing")
     assert len(loads) == 1 and seen_devices == [comfy.model_management.get_torch_device()] * 2
-    parser = nodes._PARSERS.get(models / "facedetection")
+    parser = nodes.models.PARSERS.get(models / "facedetection")
     assert parser.device == comfy.model_management.unet_offload_device()
 
 

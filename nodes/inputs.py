@@ -1,0 +1,137 @@
+"""What the nodes show: socket types of our own, node titles and categories, and the widgets several nodes share
+(so one setting looks and behaves the same everywhere), with the wrapper that names the node in its errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+# `latest` is what ComfyUI's own nodes import; the versioned `comfy_api.v0_0_2` re-exports these very objects (an
+# alias, not a frozen copy), so importing it would pin nothing and only add a name to keep in step.
+from comfy_api.latest import io
+
+from ..face_utils import MASK_SHAPES, ORDERS, TEMPLATES, PasteSettings
+from ..gpen_arch.runner import DEFAULT_STRENGTH
+
+GpenModelSocket = io.Custom("GPEN_MODEL")
+FaceDetectorSocket = io.Custom("FACE_DETECTOR")
+FacesSocket = io.Custom("GPEN_FACES")
+
+# Each node's display name, the one source of it: schemas, messages and tooltips all read it from here.
+TITLES = {
+    "GPENModelLoader": "Load GPEN model",
+    "GPENFaceDetectorLoader": "Load face detector (GPEN)",
+    "GPENDetectFaces": "Detect and align faces (GPEN)",
+    "GPENRestoreFaces": "Restore faces (GPEN)",
+    "GPENPasteFaces": "Paste faces back (GPEN)",
+    "GPENRestoreFacesOneNode": "Restore faces (GPEN, one node)",
+}
+CATEGORY = "image/restoration/GPEN"
+OUTPUT_SIZES = ("model", "input")  # restored crops at the model's size, or at the size they came in
+
+
+
+# Widgets several nodes share, so one setting looks and behaves the same everywhere (fresh objects per schema).
+def face_size_input() -> io.Int.Input:
+    return io.Int.Input("face_size", default=512, min=64, max=4096, step=64, tooltip=(
+        "Side of the aligned face crops in pixels. Ignored when a GPEN model is connected: crops are then cut at the "
+        "model's own size (512 for GPEN-BFR-512, 2048 for GPEN-BFR-2048)."))
+
+
+def template_input() -> io.Combo.Input:
+    return io.Combo.Input("template", options=list(TEMPLATES), default="gpen", tooltip=(
+        "Where the eyes, nose and mouth land in the crop. 'gpen' is the template GPEN was trained with (keep it for "
+        "GPEN); 'ffhq' is the one GFPGAN/CodeFormer and FaceFusion use, tighter around the face."))
+
+
+def selection_inputs() -> list[io.Input]:
+    return [
+        io.Float.Input("score_threshold", default=0.9, min=0.05, max=1.0, step=0.01, tooltip=(
+            "Keep detections scoring at least this. 0.9 is upstream GPEN's value; lower it to catch small, blurred "
+            "or turned faces (and more false ones).")),
+        io.Combo.Input("order", options=list(ORDERS), default="largest", tooltip=(
+            "How faces are numbered (their track ids, drawn in the preview): largest first, left to right, top to "
+            "bottom, or best score first, in the first frame each face appears in.")),
+        io.String.Input("face_index", default="all", tooltip=(
+            "Which faces to restore: 'all', or ids in the chosen order separated by commas, e.g. '0' for the first "
+            "(largest) face or '0,2'; '-1' is the last. In video frames an id follows the same person through "
+            "the shot.")),
+        io.Int.Input("max_faces", default=0, min=0, max=64, tooltip=(
+            "Restore at most this many faces (the first ids after face_index; in video, the same people in every "
+            "frame). 0 = no limit.")),
+    ]
+
+
+def tracking_inputs() -> list[io.Input]:
+    return [
+        io.Float.Input("temporal_smoothing", default=1.0, min=0.0, max=4.0, step=0.1, optional=True, tooltip=(
+            "For video frames: how strongly each face's landmarks are smoothed over time (a two-sided filter over "
+            "the whole batch, so still faces stop jittering and moving faces do not lag; scene cuts are never "
+            "smoothed across). 0 = off. Single images are unaffected.")),
+        io.Int.Input("max_gap", default=5, min=0, max=60, optional=True, tooltip=(
+            "For video frames: a face the detector misses for up to this many frames is still restored there, "
+            "at a position interpolated from the frames around the gap (0 = never fill).")),
+        io.Int.Input("detection_size", default=0, min=0, max=8192, step=32, optional=True, tooltip=(
+            "Long side of the copy the detector sees. 0 = full resolution (in overlapping tiles above 1920x1088), "
+            "which finds 45-px faces in a 4000-px group photo; 1024 = the former setting, much faster on large "
+            "images but misses faces under about 90 px there.")),
+    ]
+
+
+def strength_input() -> io.Float.Input:
+    return io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.0, max=1.0, step=0.01, tooltip=(
+        "Blend of the restored face with the original crop: 1 = fully restored, 0 = unchanged. 0.8 is upstream "
+        "GPEN's default and keeps some of the original texture."))
+
+
+def paste_inputs() -> list[io.Input]:
+    return [
+        io.Combo.Input("mask_shape", options=list(MASK_SHAPES), default="ellipse", tooltip=(
+            "Shape of the paste mask in the crop: 'ellipse' (face oval), 'box' (whole crop minus the erosion), or "
+            "'parsing' (skin, eyes, nose, mouth and hair from a face-parsing network; downloads "
+            "parsing_parsenet.pth into models/facedetection on first use).")),
+        io.Float.Input("erosion", default=PasteSettings.erosion, min=0.0, max=0.4, step=0.01, tooltip=(
+            "Shrink the mask inward by this fraction of the crop size, so the crop's own border never shows.")),
+        io.Float.Input("feather", default=PasteSettings.feather, min=0.0, max=0.5, step=0.01, tooltip=(
+            "Width of the soft mask edge as a fraction of the crop size; larger hides seams, smaller keeps more of "
+            "the restored face.")),
+        io.Boolean.Input("color_correction", default=True, tooltip=(
+            "Match the restored face's colour to the original's (per-channel mean and spread inside the mask), "
+            "avoiding the colour casts GPEN can produce.")),
+    ]
+
+
+def image_and_mask_outputs() -> list[io.Output]:
+    return [io.Image.Output("image", tooltip="The image with the restored faces; frames without faces unchanged."),
+            io.Mask.Output("mask", tooltip="Where faces were pasted (1 inside, soft edge, 0 elsewhere), per frame.")]
+
+
+def model_input() -> io.Input:
+    return GpenModelSocket.Input("gpen_model", tooltip=f"From '{TITLES['GPENModelLoader']}'.")
+
+
+def detector_input() -> io.Input:
+    return FaceDetectorSocket.Input("face_detector", tooltip=f"From '{TITLES['GPENFaceDetectorLoader']}'.")
+
+
+def title(node: type) -> str:
+    """The display name of a node class, or of the clone ComfyUI makes of it to run `execute`."""
+    return next(TITLES[c.__name__] for c in node.__mro__ if c.__name__ in TITLES)
+
+
+def named_errors(execute: Callable) -> Callable:
+    """Wrap a node's `execute` so that bad or mismatched inputs (a `ValueError`) come back naming the node."""
+
+    @functools.wraps(execute)
+    def named(cls, *args, **kwargs):
+        try:
+            return execute(cls, *args, **kwargs)
+        except ValueError as exc:
+            raise type(exc)(f"{title(cls)}: {exc}") from exc
+
+    return named
+
+
+def schema(node_id: str, **fields) -> io.Schema:
+    return io.Schema(node_id=node_id, display_name=TITLES[node_id], **fields)
+

@@ -1,0 +1,101 @@
+"""The loader nodes: a GPEN model and a face detector."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from comfy_api.latest import io
+
+from ..face_utils import DETECTORS, KNOWN_WEIGHTS, load_detector
+from ..gpen_arch.loader import model_size
+from ..gpen_arch.runner import PRECISIONS, GpenRunner
+from ..model_files.folders import COMFYUI_WHERE_TO_GET, RESTORE_FOLDER, preferred_model
+from .inputs import TITLES, FaceDetectorSocket, GpenModelSocket, named_errors, schema
+from .models import NO_MODELS, GpenModel, model_path, model_paths, weights_dir
+
+logger = logging.getLogger(__name__)
+
+
+class GPENModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        paths = model_paths()
+        return schema(
+            "GPENModelLoader", category="loaders",
+            description=(
+                "Loads a GPEN face-restoration model (GPEN-BFR-256/512/1024/2048, .pth/.pt/.safetensors/.onnx) from "
+                "models/facerestore_models. The model's size is read from the weights. ComfyUI's model management "
+                "moves it to the GPU when it runs and frees it under memory pressure."),
+            inputs=[
+                io.Combo.Input("model_name", options=list(paths) or [NO_MODELS],
+                               default=preferred_model(paths, model_size) or NO_MODELS, tooltip=(
+                    "A GPEN file in models/facerestore_models (the folder ReActor and facerestore_cf use); the "
+                    "default is the largest GPEN there, judged by what each file holds.")),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
+                    "auto: fp16 or bf16 where the GPU handles it well, fp32 on the CPU. fp32 is exact but slower "
+                    "and takes twice the memory. .onnx models always run in fp32.")),
+                io.Boolean.Input("compile", default=False, tooltip=(
+                    "Compile the network with torch.compile: the first run takes minutes, later runs of the same "
+                    "size are faster. Needs Triton on NVIDIA GPUs, a C++ compiler on the CPU. Ignored for .onnx.")),
+            ],
+            outputs=[GpenModelSocket.Output("gpen_model", tooltip=(
+                f"The loaded GPEN model, for '{TITLES['GPENRestoreFaces']}', '{TITLES['GPENDetectFaces']}' and "
+                f"'{TITLES['GPENRestoreFacesOneNode']}'."))],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name: str, precision: str, compile: bool = False) -> tuple:
+        # A file replaced under the same name must load again, not come from ComfyUI's cache.
+        path = folder_paths.get_full_path(RESTORE_FOLDER, model_name)
+        stat = Path(path).stat() if path else None
+        return (model_name, precision, compile, stat and stat.st_size, stat and stat.st_mtime_ns)
+
+    @classmethod
+    @named_errors
+    def execute(cls, model_name: str, precision: str, compile: bool = False) -> io.NodeOutput:
+        path = model_path(model_name)
+        device = mm.get_torch_device()
+        runner = GpenRunner.load(
+            path, precision=precision, compile=compile, where_to_get=COMFYUI_WHERE_TO_GET,
+            fp16_ok=mm.should_use_fp16(device, prioritize_performance=True),
+            bf16_ok=mm.should_use_bf16(device, prioritize_performance=True),
+        )
+        patcher = None
+        if not runner.is_onnx:
+            patcher = comfy.model_patcher.ModelPatcher(
+                runner.module, load_device=device, offload_device=mm.unet_offload_device()
+            )
+        logger.info("%s: %s is GPEN-%d, running in %s on %s", TITLES["GPENModelLoader"], model_name, runner.size,
+                    runner.dtype, "onnxruntime" if runner.is_onnx else device)
+        return io.NodeOutput(GpenModel(runner, patcher))
+
+
+class GPENFaceDetectorLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            "GPENFaceDetectorLoader", category="loaders",
+            description=(
+                "Loads a face detector: RetinaFace ResNet-50 (most accurate, upstream GPEN's choice), RetinaFace "
+                "MobileNet-0.25 (fast) or YuNet (tiny, CPU). Weights are taken from models/facedetection, or "
+                "downloaded there (checksum-verified) the first time this node runs."),
+            inputs=[io.Combo.Input("detector", options=list(DETECTORS), default=DETECTORS[0], tooltip=(
+                "retinaface_resnet50: best on small and turned faces. retinaface_mobile0.25: several times faster, "
+                "misses more small faces. yunet: OpenCV's 230 kB detector, always on the CPU."))],
+            outputs=[FaceDetectorSocket.Output("face_detector", tooltip=(
+                f"The face detector, for '{TITLES['GPENDetectFaces']}' and '{TITLES['GPENRestoreFacesOneNode']}'."))],
+        )
+
+    @classmethod
+    @named_errors
+    def execute(cls, detector: str) -> io.NodeOutput:
+        model_dir = weights_dir(KNOWN_WEIGHTS[detector].filename)
+        # Kept on the offload device between runs; the nodes that detect move it to the GPU while they work.
+        return io.NodeOutput(load_detector(detector, model_dir, device=mm.unet_offload_device()))
+
