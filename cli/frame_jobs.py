@@ -23,7 +23,7 @@ from .video_files import VideoFrames, VideoWriter
 if TYPE_CHECKING:  # annotations only: the command line plans its jobs with this module before it needs torch
     import numpy as np
 
-    from ..face_utils.pipeline import FaceSet
+    from ..face_utils.face_set import FaceSet
 
 
 @dataclass(frozen=True)

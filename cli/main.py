@@ -148,7 +148,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
 def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob | SequenceJob],
              script_dir: Path) -> int:
     # The pipeline and the model need torch and OpenCV: imported only now that the command line has been checked.
-    from ..face_utils import pipeline
+    from ..face_utils.face_set import DetectSettings
     from ..face_utils.paste import PasteSettings
     from ..gpen_arch.runner import check_strength
     from . import restore
@@ -156,7 +156,7 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     try:
         check_strength(args.strength)
         # The model's size replaces the crop size once it is loaded; every other setting is checked now.
-        detect_settings = pipeline.DetectSettings(
+        detect_settings = DetectSettings(
             template=args.template, score_threshold=args.threshold, order=args.order, index=args.face_index,
             max_faces=args.max_faces, smoothing=0.0 if args.no_smoothing else 1.0, max_gap=args.max_gap,
             detection_size=args.detection_size,

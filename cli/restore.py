@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 
 from ..face_utils import pipeline
+from ..face_utils.face_set import DetectSettings, FaceInputError, FaceSet
 from ..face_utils.conversion import frames_to_image
-from ..face_utils.detection import FaceDetector, load_detector
+from ..face_utils.detection import FaceDetector
+from ..face_utils.detectors import load_detector
 from ..face_utils.parsing import FaceParser, load_face_parser
 from ..face_utils.paste import PasteSettings
 from ..face_utils.pixels import Pixels, choose_pixels
@@ -41,13 +43,13 @@ class Session:
     runner: GpenRunner
     device: torch.device
     strength: float
-    detect_settings: pipeline.DetectSettings
+    detect_settings: DetectSettings
     paste_settings: PasteSettings
     progress: ProgressLine
 
     @classmethod
     def start(cls, args: argparse.Namespace, model_path: Path, device: torch.device, model_advice: str,
-              detect_settings: pipeline.DetectSettings, paste_settings: PasteSettings,
+              detect_settings: DetectSettings, paste_settings: PasteSettings,
               progress: ProgressLine) -> Session:
         runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile,
                                  where_to_get=model_advice, **_half_support(device))
@@ -113,7 +115,7 @@ def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: l
                 session.paste_settings, parser=faces.parser, pixels=faces.pixels,
             )
             write_image(job.target, out[0].numpy(), depth)
-        except (ImageFileError, pipeline.FaceInputError) as exc:
+        except (ImageFileError, FaceInputError) as exc:
             failures.append(_failure(job, exc))
         else:
             found += faces_entries(restored, [job.source])
@@ -130,7 +132,7 @@ def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | 
     `found`."""
     progress = session.progress
 
-    def run_frames(frames: pipeline.FrameSource, on_frame: pipeline.FrameSink) -> pipeline.FaceSet:
+    def run_frames(frames: pipeline.FrameSource, on_frame: pipeline.FrameSink) -> FaceSet:
         progress.begin(len(frames), "frames")
         return pipeline.restore_frames(frames, faces.detector, session.restore, session.detect_settings,
                                        session.paste_settings, on_frame, parser=faces.parser,
@@ -145,7 +147,7 @@ def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | 
             else:
                 restored = frame_jobs.restore_sequence(job, run_frames, progress.image_done)
                 where, images, sound = job.output, job.frames, ""
-        except (ImageFileError, VideoFileError, pipeline.FaceInputError) as exc:
+        except (ImageFileError, VideoFileError, FaceInputError) as exc:
             failures.append(str(exc))
             continue
         frames, with_faces = restored.frame_count, len(restored.positions_by_frame())

@@ -28,7 +28,7 @@ Weights (`face_utils.weights`)
         "yunet" and "parsenet"; resolve_known_weights(key, model_dir). Weights files are read through
         model_files.checkpoints.read_checkpoint (tensors only; no code in a file ever runs).
 
-Detection (`face_utils.detection`)
+Detection (`face_utils.detection`: tiles, passes and merging; `face_utils.detectors`: the networks)
     DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25", "yunet")
     load_detector(name, model_dir, *, device="cpu") -> FaceDetector: RetinaFace from facexlib
         (weights loaded by us with weights_only=True and strict keys, so facexlib never downloads) on `device`;
@@ -86,7 +86,8 @@ Tracking (`face_utils.tracking`)
         zero-lag smoothing of landmarks and boxes that never crosses a scene cut; smooth_series for any
         per-frame statistic.
 
-Pipeline (`face_utils.pipeline`; the nodes and the command line share it)
+Pipeline (`face_utils.pipeline`; the nodes and the command line share it; its inputs and outputs in
+`face_utils.face_set`)
     DetectSettings (the one owner of the detection, selection and tracking rules), detect_faces(image or
     FrameSource, detector, settings) -> FaceSet (the GPEN_FACES socket), warp_crops, paste_back,
     restore_frames(frames, ..., on_frame) (streams any FrameSource), restore_image; each takes
@@ -119,7 +120,8 @@ import importlib
 _EXPORTS = {
     "alignment": ("AlignmentError", "align_face", "reference_points", "similarity_transform", "warp_face"),
     "choices": ("DETECTORS", "MASK_SHAPES", "ORDERS", "TEMPLATES"),
-    "detection": ("FaceDetector", "load_detector"),
+    "detection": ("FaceDetector",),
+    "detectors": ("load_detector",),
     "images": ("ImageFormatError",),
     "parsing": ("FaceParser", "load_face_parser"),
     "paste": ("CanvasMismatchError", "PasteSettings", "canvas_scale_xy", "face_mask_uv", "paste_faces"),

@@ -3,7 +3,7 @@ implement them import torch and OpenCV, and the command line shows these in `--h
 
 from __future__ import annotations
 
-# Face detectors `detection.load_detector` knows.
+# Face detectors `detectors.load_detector` knows.
 DETECTORS = ("retinaface_resnet50", "retinaface_mobile0.25", "yunet")
 # How faces and tracks are numbered (`selection.order_faces`).
 ORDERS = ("largest", "left_to_right", "top_to_bottom", "best_score")

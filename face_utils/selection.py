@@ -3,7 +3,7 @@
 The one implementation of these rules. Tracking numbers each shot's people with `order_faces` (in the frame each
 first appears), and `select_tracks` picks among them once per shot, so a person is restored in every frame or in
 none; a single photo is a shot of one frame, so there `face_index` counts faces in `order`. The settings are
-checked by `pipeline.DetectSettings`, their one owner; the functions here take them as checked.
+checked by `face_set.DetectSettings`, their one owner; the functions here take them as checked.
 """
 
 from __future__ import annotations

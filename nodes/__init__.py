@@ -4,7 +4,7 @@ Only this package and the pack's `__init__.py` import ComfyUI (`comfy`, `folder_
 `loaders` (GPEN model, face detector), `faces` (detect, restore, paste back, one-node restore), `inputs` (sockets,
 titles, shared widgets) and `models` (model files in ComfyUI's folders, placement through model management).
 Socket types of our own: `GPEN_MODEL` (a `models.GpenModel`), `FACE_DETECTOR` (a `face_utils.FaceDetector`) and
-`GPEN_FACES` (a `face_utils.pipeline.FaceSet`: the aligned faces of a batch, possibly none).
+`GPEN_FACES` (a `face_utils.face_set.FaceSet`: the aligned faces of a batch, possibly none).
 """
 
 from __future__ import annotations

@@ -13,16 +13,8 @@ from comfy_api.latest import io
 
 from ..face_utils import PasteSettings
 from ..face_utils.conversion import check_image_batch, frame_to_numpy, frames_to_image
-from ..face_utils.pipeline import (
-    DetectSettings,
-    FaceSet,
-    RestoreFn,
-    detect_faces,
-    paste_back,
-    restore_crop_batch,
-    restore_image,
-    warp_crops,
-)
+from ..face_utils.face_set import DetectSettings, FaceSet
+from ..face_utils.pipeline import RestoreFn, detect_faces, paste_back, restore_crop_batch, restore_image, warp_crops
 from ..face_utils.pixels import choose_pixels
 from ..face_utils.preview import draw_faces
 from ..gpen_arch.runner import MAX_BATCH_SIZE

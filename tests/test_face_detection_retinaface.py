@@ -7,12 +7,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from comfyui_gpen_restore.face_utils import detection, load_detector
-from comfyui_gpen_restore.face_utils.detection import (
-    NMS_IOU_THRESHOLD,
-    PRIOR_CACHE_SIZE,
-    FaceRecord,
-)
+from comfyui_gpen_restore.face_utils import KNOWN_WEIGHTS, FaceRecord, detection, detectors, load_detector
+from comfyui_gpen_restore.face_utils.detection import NMS_IOU_THRESHOLD
+from comfyui_gpen_restore.face_utils.detectors import PRIOR_CACHE_SIZE
 from support import read_rgb
 from facexlib.detection.retinaface_utils import PriorBox
 from support import DETECTOR
@@ -183,10 +180,10 @@ def test_folded_channels_last_network_computes_what_facexlibs_does(fixtures_dir,
 
     from facexlib.detection.retinaface import RetinaFace
 
-    filename = detection.KNOWN_WEIGHTS[name].filename
+    filename = KNOWN_WEIGHTS[name].filename
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reference = RetinaFace(network_name=detection._RETINAFACE_NETWORKS[name], half=False, device="cpu")
+        reference = RetinaFace(network_name=detectors.RETINAFACE_NETWORKS[name], half=False, device="cpu")
     if name == "retinaface_mobile0.25":
         shutil.copy(fixtures_dir / "facedetection" / filename, tmp_path)
         reference.load_state_dict(torch.load(tmp_path / filename, weights_only=True))

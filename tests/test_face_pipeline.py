@@ -9,7 +9,8 @@ import torch
 
 from comfyui_gpen_restore.face_utils import FaceRecord
 from comfyui_gpen_restore.face_utils.images import picture_fingerprint, same_picture
-from comfyui_gpen_restore.face_utils.pipeline import DetectSettings, FaceInputError, FaceSet, warp_crops
+from comfyui_gpen_restore.face_utils.face_set import DetectSettings, FaceInputError, FaceSet
+from comfyui_gpen_restore.face_utils.pipeline import warp_crops
 from comfyui_gpen_restore.face_utils.preview import draw_faces
 
 

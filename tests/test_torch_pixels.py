@@ -18,7 +18,7 @@ import torch
 from comfyui_gpen_restore.face_utils import (
     PasteSettings,
     align_face,
-    detection,
+    load_detector,
     paste,
     pipeline,
     torch_pixels,
@@ -42,7 +42,7 @@ ON_CPU = TorchPixels(torch.device("cpu"))
 @pytest.fixture(scope="module")
 def photos(fixtures_dir):
     """name -> (image, its best face), for the two fixture photos."""
-    detector = detection.load_detector(DETECTOR, fixtures_dir / "facedetection")
+    detector = load_detector(DETECTOR, fixtures_dir / "facedetection")
     found = {}
     for name in ("grace_hopper.jpg", "astronaut.png"):
         image = read_rgb(fixtures_dir / "images" / name)
