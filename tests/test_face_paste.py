@@ -24,7 +24,7 @@ from comfyui_gpen_restore.face_utils import (
     reference_points,
     warp_face,
 )
-from comfyui_gpen_restore.face_utils.parsing import FACE_CLASSES, PARSE_CLASSES
+from comfyui_gpen_restore.face_utils.parsing import FACE_CLASSES, PARSE_CLASSES, PARSE_SIZE
 
 IMAGES = ("grace_hopper.jpg", "astronaut.png")
 NO_COLOUR = PasteSettings(color_correction=False)
@@ -408,17 +408,19 @@ class _HalfFace(torch.nn.Module):
         return logits, x
 
 
-def _write_parsenet(folder: Path, winning_class: int) -> None:
-    """facexlib's ParseNet whose mask head predicts `winning_class` everywhere (zero weights, one large bias)."""
+def _write_parsenet(folder: Path, winning_class: int | None) -> None:
+    """facexlib's ParseNet with upstream's random init (seeded); with `winning_class`, its mask head predicts that
+    class everywhere (zero weights, one large bias)."""
     from facexlib.parsing.parsenet import ParseNet
 
     torch.manual_seed(0)
     net = ParseNet(in_size=512, out_size=512, parsing_ch=PARSE_CLASSES)
-    head = net.out_mask_conv.conv2d
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        head.bias[winning_class] = 10.0
+    if winning_class is not None:
+        head = net.out_mask_conv.conv2d
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[winning_class] = 10.0
     torch.save(net.state_dict(), folder / "parsing_parsenet.pth")
 
 
@@ -432,12 +434,30 @@ def test_load_face_parser_reads_parsenet_weights(tmp_path):
 
 @pytest.mark.slow
 def test_real_parsenet_forward(tmp_path, detected):
-    # One real ParseNet forward at 512x512 (about 15 s on a 2-core CPU).
-    _write_parsenet(tmp_path, winning_class=FACE_CLASSES[0])
+    # Real ParseNet forwards at 512x512 (several seconds each on a 2-core CPU), on a real aligned face.
+    from facexlib.parsing.parsenet import ParseNet
+
     image, face = detected["astronaut.png"]
     crop = warp_face(image, align_face(face, crop_size=256))
-    mask = load_face_parser(tmp_path).face_mask(crop)
-    assert mask.shape == (256, 256) and mask.min() > 0.99
+    # Random weights: the mask is the probability of the face classes, from the network's own output on the crop
+    # as it sees it (shrunk to 512 px, in [-1, 1]); the comparison below computes it straight from the network.
+    _write_parsenet(tmp_path, winning_class=None)
+    mask = load_face_parser(tmp_path).face_mask(crop, size=PARSE_SIZE)
+    net = ParseNet(in_size=512, out_size=512, parsing_ch=PARSE_CLASSES).eval()
+    net.load_state_dict(torch.load(tmp_path / "parsing_parsenet.pth", weights_only=True))
+    seen = cv2.resize(crop, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR)
+    with torch.no_grad():
+        logits = net((torch.from_numpy(seen.transpose(2, 0, 1))[None] - 0.5) / 0.5)[0][0]
+    expected = torch.softmax(logits, dim=0)[list(FACE_CLASSES)].sum(dim=0).numpy()
+    assert mask.shape == (PARSE_SIZE, PARSE_SIZE) and 0.05 < mask.mean() < 0.95  # neither all face nor none
+    # The same network on the same pixels: identical here (0 under 1 and 2 threads and ATEN_CPU_CAPABILITY=avx2);
+    # 1e-5 (~100 ulps of 1) leaves room for another summation order of the class probabilities.
+    np.testing.assert_allclose(mask, expected, atol=1e-5)
+    # The classes counted as face are the right ones: a network that sees only skin gives 1 everywhere, one that
+    # sees only the neck (not part of the face) gives 0.
+    for winning_class, value in ((FACE_CLASSES[0], 1.0), (17, 0.0)):
+        _write_parsenet(tmp_path, winning_class=winning_class)
+        np.testing.assert_allclose(load_face_parser(tmp_path).face_mask(crop), value, atol=1e-3)
 
 
 def test_parser_refuses_a_wrong_checkpoint(tmp_path):

@@ -433,12 +433,26 @@ def _write_parsenet(folder: Path) -> None:
 
 
 def test_listing_the_nodes_loads_and_downloads_nothing(nodes, models, monkeypatch):
-    def no_download(*args, **kwargs):
-        raise AssertionError(f"download while listing inputs: {args}")
+    from comfyui_gpen_restore.face_utils import detectors, parsing
+    from comfyui_gpen_restore.gpen_arch import loader
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    for cls in node_list(nodes):
-        cls.GET_NODE_INFO_V1()
+    def refuse(what):
+        def called(*args, **kwargs):
+            raise AssertionError(f"{what} while listing inputs: {args}")
+
+        return called
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse("download"))
+    for module, name in ((loader, "load_gpen"), (detectors, "load_detector"), (parsing, "load_face_parser")):
+        monkeypatch.setattr(module, name, refuse(name))
+    # Reading a model's size from its file is allowed (it ranks the model list), loading its weights is not: the
+    # size comes from the tensors' shapes in a memory-mapped file.
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: real_load(*args, **kwargs) if kwargs.get("mmap")
+                        else refuse("torch.load without mmap")(*args))
+    infos = [cls.GET_NODE_INFO_V1() for cls in node_list(nodes)]
+    assert len(infos) == 6
+    assert infos[0]["input"]["required"]["model_name"][1]["default"] == "GPEN-BFR-64.pth"  # the folder was read
 
 
 def test_an_offline_detector_names_the_file_its_address_and_the_folder(nodes, models, monkeypatch):
