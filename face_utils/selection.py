@@ -11,16 +11,25 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from .records import FaceRecord
-
-if TYPE_CHECKING:
-    from .tracking import Track
 
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
+
+
+class Person(Protocol):
+    """What selection reads of a person followed through a shot (`tracking.Track`)."""
+
+    track_id: int
+
+    @property
+    def median_box_size(self) -> float: ...
+
+
+P = TypeVar("P", bound=Person)
 
 # Sort keys of `choices.ORDERS`: largest box area first, box centre left to right or top to bottom, best score first.
 _ORDER_KEYS = {
@@ -69,8 +78,8 @@ def pick(items: Sequence[Item], index: str) -> list[Item]:
     return [items[p] for p in wanted]
 
 
-def select_tracks(tracks: Sequence[Track], *, index: str = "all", max_faces: int = 0,
-                  min_face_size: float = 0.0) -> list[Track]:
+def select_tracks(tracks: Sequence[P], *, index: str = "all", max_faces: int = 0,
+                  min_face_size: float = 0.0) -> list[P]:
     """The tracks to restore: those `index` names by track id (tracks are numbered 0, 1, ... in `order` by
     `tracking.assign_tracks`), less those whose `median_box_size` is under `min_face_size` pixels (per track, so a
     face near the limit is not restored in some frames only), then the first `max_faces` of them (0 = all)."""

@@ -5,14 +5,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..model_files.errors import UnsupportedCheckpointError
-
-if TYPE_CHECKING:
-    from .model import GPEN
 
 # Keys every GPEN FullGenerator state dict has; their absence means "not GPEN" rather than "damaged GPEN".
 SIGNATURE_KEYS = ("generator.style.1.weight", "generator.input.input", "ecd0.0.0.weight", "final_linear.0.weight")
@@ -54,7 +50,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, float | in
     return config
 
 
-def check_state_dict(model: GPEN, state_dict: Mapping[str, torch.Tensor]) -> None:
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Raise `UnsupportedCheckpointError` listing every key that is missing, extra, or of another shape."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
