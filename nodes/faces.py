@@ -210,10 +210,12 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                                          detection_size=detection_size)
         paste_settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather,
                                        color_correction=color_correction)
-        # Sized for a few faces per frame; the runner halves its batch if memory runs out.
-        restore = bind_restorer(gpen_model, MAX_BATCH_SIZE, strength)
         progress = comfy.utils.ProgressBar(image.shape[0])
         with on_device(face_detector), parser_for(mask_shape) as parser:
+            # GPEN is placed after the helpers took their room: freeing memory for them may unload it (always
+            # with --disable-smart-memory), and its batch size must count what they hold. Sized for a few faces
+            # per frame; the runner halves its batch if memory runs out.
+            restore = bind_restorer(gpen_model, MAX_BATCH_SIZE, strength)
             out, mask, faces = restore_image(
                 image, face_detector, restore, detect_settings, paste_settings, parser=parser,
                 on_progress=lambda done, total: progress.update_absolute(done, total),
@@ -223,7 +225,6 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
         log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()
         return io.NodeOutput(out.to(device), mask.to(device))
-
 
 
 def log_faces(node: type, faces: FaceSet, consequence: str) -> None:

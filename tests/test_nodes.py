@@ -502,3 +502,22 @@ def test_detection_size_reaches_the_detector(nodes, model, detector, grace, monk
     _crops, faces, _ = detect(nodes, image_batch(grace), detector, model, detection_size=size)
     one_node(nodes, image_batch(grace), model, detector, detection_size=size)
     assert seen == [size, size] and len(faces) == 1
+
+
+def test_gpen_stays_loaded_while_the_one_node_restore_runs_it(nodes, model, detector, grace, comfy, monkeypatch):
+    # With --disable-smart-memory ComfyUI unloads every model it may whenever memory is freed, as it does under
+    # memory pressure on a GPU. The detector's and parser's room is freed before GPEN is placed, so GPEN is still
+    # loaded (on the device ComfyUI put it) each time it runs, and its batch size counts their memory.
+    mm = comfy.model_management
+    monkeypatch.setattr(mm, "DISABLE_SMART_MEMORY", True)
+    runner, seen = model.runner, []
+    real_restore = runner.restore
+
+    def restore(*args, **kwargs):
+        seen.append(any(loaded.model is model.patcher for loaded in mm.current_loaded_models))
+        return real_restore(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "restore", restore)
+    out, mask = one_node(nodes, image_batch(grace, grace), model, detector, mask_shape="ellipse")
+    assert seen == [True, True] and mask.amax() > 0
+    mm.unload_all_models()
