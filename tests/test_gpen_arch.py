@@ -11,8 +11,14 @@ from comfyui_gpen_restore.gpen_arch import GPEN, infer_config, load_gpen
 from comfyui_gpen_restore.gpen_arch.layers import fir_kernel
 
 CASES = (64, 128, 256)
-# Upstream fp32 vs fp64 differs by ~3.5e-6 and batch composition by ~3e-6; a wiring error shows as 0.1-5.
+# fp32 rounding of these outputs (scale 4-6): ours and upstream's fixture each lie within 5.5e-6 of the fp64 result
+# (about 10 ulps). See tests/NUMERICS.md for the kernel settings measured.
+# Ours against upstream's fixture (upstream's code, made elsewhere): measured up to 6.7e-6 apart.
+# A wiring error shows as 0.1-5.
 PARITY_TOLERANCE = 1e-4
+# Ours against ours with other kernels (another batch size, bands of rows): the same sums in another order, so at
+# most the two distances to fp64, 1.1e-5; measured up to 4.2e-6. A band one row off shows as 0.36.
+REORDER_TOLERANCE = 2e-5
 CONFIG_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "narrow")
 
 
@@ -86,6 +92,7 @@ def test_fir_kernel_buffers_have_upstream_values(fixtures_dir):
 def test_forward_is_deterministic(fixtures_dir):
     model, io = load_case(fixtures_dir, 64)
     with torch.no_grad():
+        # Exact: the same kernels on the same input and threads sum in the same order.
         assert torch.equal(model(io["input"]), model(io["input"]))
 
 
@@ -94,11 +101,13 @@ def test_batch_items_are_independent(fixtures_dir):
     with torch.no_grad():
         together = model(io["input"])
         alone = model(io["input"][1:])
-    assert (together[1:] - alone).abs().max().item() <= PARITY_TOLERANCE
+    assert (together[1:] - alone).abs().max().item() <= REORDER_TOLERANCE
 
 
-# Half precision against fp32 on the fixture weights (output scale about 5): measured mean |err| 0.007
-# (fp16) / 0.012 (bf16), max 0.03 / 0.09.
+# Half precision against fp32 on the fixture weights (output scale about 5). One rounding of an output is up to
+# 5 * 2^-11 = 2.4e-3 in fp16 and 5 * 2^-8 = 0.02 in bf16; the layers add many. Worst over the kernel settings
+# (native bf16 or not): max 0.006 / 0.048, mean 0.001 / 0.009, at least 3.5x inside the bounds (an earlier
+# implementation measured 0.03 / 0.09 and 0.007 / 0.012, which they still hold).
 @pytest.mark.parametrize(("dtype", "max_tol", "mean_tol"), [(torch.float16, 0.1, 0.02), (torch.bfloat16, 0.2, 0.03)])
 def test_half_precision_stays_close_to_fp32(fixtures_dir, dtype, max_tol, mean_tol):
     model, io = load_case(fixtures_dir, 64)
@@ -123,7 +132,8 @@ def test_new_model_has_upstream_initialisation():
     state = model.state_dict()
     assert torch.all(state["generator.conv1.conv.modulation.bias"] == 1)  # identity modulation
     assert torch.all(state["generator.conv1.noise.weight"] == 0)
-    assert state["generator.style.1.weight"].std().item() == pytest.approx(100, rel=0.1)  # randn / lr_mul 0.01
+    # randn / lr_mul 0.01; the std of 1024 samples is within 2.2 % (1 sigma) of 100, so rel 0.1 is 4.5 sigma.
+    assert state["generator.style.1.weight"].std().item() == pytest.approx(100, rel=0.1)
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64) * 2 - 1)
     assert torch.isfinite(out).all()
@@ -152,7 +162,7 @@ def test_last_resolution_in_stripes_matches_upstream(fixtures_dir, size, stripe_
         banded_pair = model(io["input"])
         banded_one = model(io["input"][:1])
     assert (banded_pair - io["output"]).abs().max().item() <= PARITY_TOLERANCE
-    assert (banded_one - whole).abs().max().item() <= 1e-6
+    assert (banded_one - whole).abs().max().item() <= REORDER_TOLERANCE
 
 
 def test_stripe_rows_fit_the_budget():
