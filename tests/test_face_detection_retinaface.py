@@ -14,10 +14,14 @@ from support import read_rgb
 from facexlib.detection.retinaface_utils import PriorBox
 from support import DETECTOR
 
-# Agreement asked of our path with facexlib's (on the CPU both compute the same operations, so they agree to the
-# bit; the margins leave room for another BLAS or a GPU).
+# Agreement asked of our path with facexlib's. On the CPU both run the same network on the same input, so they
+# agree to the bit on every kernel setting tried (tests/NUMERICS.md); the margins leave room for another BLAS or a
+# GPU: regression outputs a relative 1e-6 apart move coordinates by 1e-4 px (priors of up to 100s of px) and
+# softmax scores by 1e-6. A decoding error moves boxes by pixels.
 COORDINATE_TOLERANCE_PX = 1e-3
 SCORE_TOLERANCE = 1e-5
+# The folded network against facexlib's unfolded one: see FOLDED_RTOL in test_face_detection (measured 1e-6 here).
+FOLDED_RTOL = 1e-3
 # 0.9 is the default threshold; 0.05 leaves many overlapping candidates for the NMS to sort out.
 THRESHOLDS = (0.9, 0.05)
 
@@ -205,4 +209,4 @@ def test_folded_channels_last_network_computes_what_facexlibs_does(fixtures_dir,
         ours = net(x.contiguous(memory_format=torch.channels_last))
         theirs = reference(x)
     for a, b in zip(ours, theirs):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+        assert torch.allclose(a, b, rtol=FOLDED_RTOL, atol=FOLDED_RTOL * float(b.abs().max()))

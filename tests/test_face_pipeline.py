@@ -114,8 +114,9 @@ def test_a_crowd_of_32_overlapping_faces_is_restored_whole_and_seamlessly(grace,
     assert len(centres) == rows * cols  # one face in every tile
     outside = mask[0] == 0
     assert torch.equal(out[0][outside], image[0][outside])
-    # The round trip of one face (resampling to a 256 crop and back: about 37 dB at this size) is all that is
-    # lost: overlapping neighbours add nothing (measured: 37.0 dB in the crowd, 37.1 dB alone).
+    # The round trip of one face (resampling to a 256 crop and back) is all that is lost: overlapping neighbours
+    # add nothing (measured: 45.1 dB in the crowd, 45.35 dB alone; a quality margin, not a rounding one: kernel
+    # settings move both by under 0.001 dB, tests/NUMERICS.md).
     assert alone > 35 and together > alone - 0.3
 
 
@@ -142,6 +143,7 @@ def test_overlapping_faces_share_the_opacity_instead_of_blending_twice(grace, fi
         both &= (face_mask > 0.999) & (np.abs(pasted - grace - 0.2) < 0.01).all(axis=2)
     assert both.sum() > 5000
     change = (out - grace)[both]
-    # Half the +0.2 of the restorations, as a single face gets it, not 1 - (1 - 0.5)^2 = 75 % of it.
-    np.testing.assert_allclose(change, 0.1, atol=0.02)
+    # Half the +0.2 of the restorations, as a single face gets it, not 1 - (1 - 0.5)^2 = 75 % of it (0.15).
+    # Resampling leaves up to 0.005 (measured).
+    np.testing.assert_allclose(change, 0.1, rtol=0, atol=0.02)
     assert np.array_equal(out[mask == 0], grace[mask == 0])

@@ -69,7 +69,7 @@ def test_colour_smoothing_never_crosses_a_shot_boundary(scene):
     two_shots, _ = run_stream(scene, smooth=True, shots=((0, cut), (cut, FRAMES)))
     first_only, _ = run_stream(scene, smooth=True, shots=((0, cut),), frames=cut)
     for (_i, frame, _m), (_j, alone, _n) in zip(two_shots[:cut], first_only):
-        np.testing.assert_array_equal(frame, alone)
+        np.testing.assert_array_equal(frame, alone)  # exact: the same operations on the same data, on any CPU
 
 
 def test_without_smoothing_every_frame_is_pasted_as_a_photo_is(scene):
@@ -80,5 +80,5 @@ def test_without_smoothing_every_frame_is_pasted_as_a_photo_is(scene):
     assert waiting == [0, 0, 0]  # nothing waits
     for t, frame, mask in out:
         expected, expected_mask = paste_faces(wobbling(image, t), [crop], [face], PasteSettings())
-        np.testing.assert_array_equal(frame, expected)
+        np.testing.assert_array_equal(frame, expected)  # exact: the same calls as paste_faces makes
         np.testing.assert_array_equal(mask, expected_mask)
