@@ -35,7 +35,7 @@ from support import DETECTOR, read_rgb
 # The same cubic samples and filters, but each path rounds its sample positions to float32 on its own (an ulp is
 # 3e-5-6e-5 px at these 300-600 px frames; a few roundings each), and the photos' edges rise by up to 0.55 per
 # pixel: about 1.5e-4 at worst. Measured 4.9e-5 to 6.3e-5, moving with the detection's last bits
-# (tests/NUMERICS.md). A half-pixel shift or another cubic kernel is off by 1e-2 and more.
+# (tests/NUMERICS.md). A crop half a pixel off differs by 0.46-0.52 on these photos.
 TOLERANCE = 3e-4
 # Masks are smooth in the sample positions (a feather of many pixels): measured up to 6e-7.
 MASK_TOLERANCE = 1e-5
