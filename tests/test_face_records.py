@@ -95,4 +95,4 @@ def test_from_json_rejects_bad_documents():
 
 
 def test_box_size_is_geometric_mean():
-    assert make_face(box_xyxy=(0, 0, 40, 90)).box_size == pytest.approx(60.0)
+    assert make_face(box_xyxy=(0, 0, 40, 90)).box_size == pytest.approx(60.0)  # sqrt(3600), to float rounding
