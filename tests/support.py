@@ -21,6 +21,17 @@ SMALL_GPEN = {"style_dim": 64, "n_mlp": 2, "channel_multiplier": 1, "narrow": 0.
 DETECTOR = "retinaface_mobile0.25"  # the one real detector the fixtures ship (see fixtures/README.md)
 DETECTOR_FILE = "detection_mobilenet0.25_Final.pth"
 
+# GPEN outputs compared in fp32 (tests/NUMERICS.md: the kernel settings measured). Their rounding (scale 4-6): ours
+# and upstream's fixture each lie within 5.5e-6 of the fp64 result (about 10 ulps).
+# Ours against upstream's fixture (upstream's code, made elsewhere): measured up to 6.7e-6 apart; a wiring error
+# shows as 0.1-5.
+PARITY_TOLERANCE = 1e-4
+# Ours against ours with other kernels (another batch size, bands of rows): the same sums in another order, so at
+# most the two distances to fp64, 1.1e-5; measured up to 4.2e-6. A band one row off shows as 0.36.
+REORDER_TOLERANCE = 2e-5
+# An 8-bit file read back against float pixels: rounding to the nearest level is off by at most half of one.
+EIGHT_BIT_ROUNDING = 0.5 / 255
+
 
 def save_gpen(path: Path, size: int = 64, seed: int = 0) -> Path:
     """Write a randomly initialised (upstream's init) small GPEN state dict to `path`."""

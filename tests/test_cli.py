@@ -20,10 +20,7 @@ from comfyui_gpen_restore.cli import main as cli
 from comfyui_gpen_restore.cli.image_files import ImageFileError, read_image
 from comfyui_gpen_restore.face_utils import PasteSettings, load_detector, pipeline
 from comfyui_gpen_restore.gpen_arch import GpenRunner
-from support import DETECTOR, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line, read_rgb, run_cli, save_gpen
-
-# An 8-bit file read back against float pixels: rounding to the nearest level is off by at most half of one.
-EIGHT_BIT_ROUNDING = 0.5 / 255
+from support import DETECTOR, EIGHT_BIT_ROUNDING, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line, read_rgb, run_cli, save_gpen
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -140,7 +137,7 @@ def test_the_script_runs_as_the_readme_says(models_dir, home, fixtures_dir):
     assert restored.shape == original.shape == (512, 512, 3)
     # The face was restored (random weights change it a lot) and nothing outside its box was touched (up to the
     # 8-bit rounding of the written file).
-    changed = np.abs(restored - original).max(axis=2) > 0.5 / 255 + 1e-6
+    changed = np.abs(restored - original).max(axis=2) > EIGHT_BIT_ROUNDING + 1e-6
     ys, xs = np.nonzero(changed)
     assert changed.mean() > 0.01 and np.abs(restored - original)[changed].mean() > 0.02
     (face,) = load_detector(DETECTOR, models_dir / "facedetection").detect(original)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 
 import numpy as np
 import pytest
-from comfyui_gpen_restore.face_utils import ORDERS, FaceRecord, load_detector
+from comfyui_gpen_restore.face_utils import ORDERS, FaceRecord
 from comfyui_gpen_restore.face_utils.selection import order_faces
 from comfyui_gpen_restore.face_utils.assignment import min_cost_assignment
 from comfyui_gpen_restore.face_utils.tracking import (
@@ -20,7 +19,6 @@ from comfyui_gpen_restore.face_utils.tracking import (
     Track,
     TrackingError,
     assign_tracks,
-    faces_by_frame,
     smooth_series,
     smooth_tracks,
 )

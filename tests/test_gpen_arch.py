@@ -9,16 +9,9 @@ import torch
 
 from comfyui_gpen_restore.gpen_arch import GPEN, infer_config, load_gpen
 from comfyui_gpen_restore.gpen_arch.layers import fir_kernel
+from support import PARITY_TOLERANCE, REORDER_TOLERANCE
 
 CASES = (64, 128, 256)
-# fp32 rounding of these outputs (scale 4-6): ours and upstream's fixture each lie within 5.5e-6 of the fp64 result
-# (about 10 ulps). See tests/NUMERICS.md for the kernel settings measured.
-# Ours against upstream's fixture (upstream's code, made elsewhere): measured up to 6.7e-6 apart.
-# A wiring error shows as 0.1-5.
-PARITY_TOLERANCE = 1e-4
-# Ours against ours with other kernels (another batch size, bands of rows): the same sums in another order, so at
-# most the two distances to fp64, 1.1e-5; measured up to 4.2e-6. A band one row off shows as 0.36.
-REORDER_TOLERANCE = 2e-5
 CONFIG_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "narrow")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from comfyui_gpen_restore.gpen_arch import load_gpen, stripes
-from test_gpen_arch import PARITY_TOLERANCE, REORDER_TOLERANCE
+from support import PARITY_TOLERANCE, REORDER_TOLERANCE
 
 # Bands of a few rows of these tiny tensors may go through other convolution kernels than the whole tensors (torch
 # leaves oneDNN below 20480 input values), so they round differently: REORDER_TOLERANCE (measured up to 4.2e-6

@@ -7,13 +7,12 @@ import sys
 
 import pytest
 import torch
-from support import REPO_ROOT, CodePayload
+from support import PARITY_TOLERANCE, REPO_ROOT, CodePayload  # onnxruntime's kernels are held to PARITY too
 from safetensors.torch import save_file
 
 from comfyui_gpen_restore.gpen_arch import GPEN, load_gpen
 from comfyui_gpen_restore.model_files.errors import MissingDependencyError, UnsupportedCheckpointError
 from comfyui_gpen_restore.model_files.folders import COMFYUI_WHERE_TO_GET
-from test_gpen_arch import PARITY_TOLERANCE  # fp32 against upstream's fixture outputs; onnxruntime's kernels alike
 
 CONFIG_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "narrow")
 # The published GPEN-BFR configurations (upstream's README and the fixture manifests).
