@@ -17,7 +17,7 @@ from ..gpen_arch.loader import model_size
 from ..gpen_arch.runner import PRECISIONS, GpenRunner
 from ..model_files.folders import COMFYUI_WHERE_TO_GET, RESTORE_FOLDER, preferred_model
 from .inputs import TITLES, FaceDetectorSocket, GpenModelSocket, named_errors, schema
-from .models import NO_MODELS, GpenModel, model_path, model_paths, weights_dir
+from .models import NO_MODELS, GpenModel, gpen_run_device, model_path, model_paths, weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,13 @@ class GPENModelLoader(io.ComfyNode):
     def execute(cls, model_name: str, precision: str, compile: bool = False) -> io.NodeOutput:
         path = model_path(model_name)
         device = mm.get_torch_device()
+        # "auto" precision is chosen for where GPEN will run, which with --novram is the offload device (a CPU,
+        # where fp16 is emulated and some 30x slower), not the GPU.
+        runs_on = gpen_run_device()
         runner = GpenRunner.load(
             path, precision=precision, compile=compile, where_to_get=COMFYUI_WHERE_TO_GET,
-            fp16_ok=mm.should_use_fp16(device, prioritize_performance=True),
-            bf16_ok=mm.should_use_bf16(device, prioritize_performance=True),
+            fp16_ok=mm.should_use_fp16(runs_on, prioritize_performance=True),
+            bf16_ok=mm.should_use_bf16(runs_on, prioritize_performance=True),
         )
         patcher = None
         if not runner.is_onnx:
@@ -72,7 +75,7 @@ class GPENModelLoader(io.ComfyNode):
                 runner.module, load_device=device, offload_device=mm.unet_offload_device()
             )
         logger.info("%s: %s is GPEN-%d, running in %s on %s", TITLES["GPENModelLoader"], model_name, runner.size,
-                    runner.dtype, "onnxruntime" if runner.is_onnx else device)
+                    runner.dtype, "onnxruntime" if runner.is_onnx else runs_on)
         return io.NodeOutput(GpenModel(runner, patcher))
 
 

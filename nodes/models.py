@@ -72,6 +72,14 @@ def model_path(model_name: str) -> Path:
     return Path(path)
 
 
+def gpen_run_device() -> torch.device:
+    """The device GPEN's weights will be on when it runs: ComfyUI's torch device, except with --novram, where
+    ComfyUI leaves weights of modules it cannot cast (GPEN's are plain torch layers) on the offload device."""
+    if mm.vram_state == mm.VRAMState.NO_VRAM:
+        return mm.unet_offload_device()
+    return mm.get_torch_device()
+
+
 def bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> RestoreFn:
     """Place the model through ComfyUI's model management and return `restore(crops, on_face)`."""
     runner = gpen_model.runner

@@ -525,3 +525,16 @@ def test_gpen_stays_loaded_while_the_one_node_restore_runs_it(nodes, model, dete
     out, mask = one_node(nodes, image_batch(grace, grace), model, detector, mask_shape="ellipse")
     assert seen == [True, True] and mask.amax() > 0
     mm.unload_all_models()
+
+
+@pytest.mark.parametrize(("vram_state", "dtype"), [("NORMAL_VRAM", torch.float16), ("NO_VRAM", torch.float32)])
+def test_auto_precision_is_chosen_for_where_gpen_runs(nodes, models, comfy, monkeypatch, vram_state, dtype):
+    # ComfyUI on a GPU answers fp16 for the GPU and no for the CPU (stood in here: this machine has no GPU). With
+    # --novram GPEN's weights stay on the offload device, a CPU: "auto" must not pick fp16 there.
+    mm = comfy.model_management
+    monkeypatch.setattr(mm, "vram_state", getattr(mm.VRAMState, vram_state))
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(mm, "should_use_fp16", lambda device=None, **kwargs: torch.device(device).type == "cuda")
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **kwargs: torch.device(device).type == "cuda")
+    model = run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "auto", False).result[0]
+    assert model.runner.dtype == dtype
