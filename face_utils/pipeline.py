@@ -112,8 +112,8 @@ def restore_crop_batch(
     on_face: Callable[[], None] | None = None,
     chunk: int = 16,
 ) -> tuple[torch.Tensor, int]:
-    """Restore a batch of crops `[N, S', S', C]` into one preallocated `[N, size, size, 3]` batch; returns it and
-    how many crops were restored.
+    """Restore a batch of crops `[N, S', S', C]` into one preallocated `[N, size, size, 3]` batch on the crops'
+    device; returns it and how many crops were restored.
 
     Black crops (the detect step's placeholder when it found no face) and, with `none_found`, all crops pass
     through black and unrestored. `bind_restore(count)` gives the `RestoreFn` once it is known how many faces
@@ -127,7 +127,9 @@ def restore_crop_batch(
             "'input') with smaller crops, restore fewer faces, or restore in one pass (the one-node restore holds "
             "one frame's crops at a time)"
         )
-    out = torch.zeros((crops.shape[0], size, size, 3), dtype=torch.float32)
+    # On the crops' device (the GPU with --gpu-only, where ComfyUI keeps its intermediates), so the indices below
+    # and the restored chunks live where `out` does.
+    out = torch.zeros((crops.shape[0], size, size, 3), dtype=torch.float32, device=crops.device)
     todo = (crops.flatten(1).amax(dim=1) > 0).nonzero().flatten()
     if none_found:
         todo = todo[:0]
@@ -135,7 +137,8 @@ def restore_crop_batch(
         restore = bind_restore(len(todo))
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            out[part] = resize_crops(restore(crops[part], on_face or (lambda: None)), size)
+            restored = resize_crops(restore(crops[part], on_face or (lambda: None)), size)
+            out[part] = restored.to(out.device, torch.float32)
     return out, len(todo)
 
 

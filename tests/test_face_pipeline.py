@@ -147,3 +147,23 @@ def test_overlapping_faces_share_the_opacity_instead_of_blending_twice(grace, fi
     # Resampling leaves up to 0.005 (measured).
     np.testing.assert_allclose(change, 0.1, rtol=0, atol=0.02)
     assert np.array_equal(out[mask == 0], grace[mask == 0])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="crops on a GPU (ComfyUI's --gpu-only) need a CUDA device"))])
+def test_restored_crops_stay_on_the_crops_device_and_black_ones_pass(device):
+    from comfyui_gpen_restore.face_utils.pipeline import restore_crop_batch
+
+    crops = torch.rand((5, 32, 32, 3), device=device)
+    crops[1] = 0  # the detect step's no-face placeholder
+
+    def bind(count):
+        assert count == 4
+        return lambda chunk, on_face: 1 - chunk  # stands in for GPEN: output on the input's device
+
+    out, count = restore_crop_batch(crops, bind, size=64, chunk=3)
+    assert count == 4 and out.device == crops.device and out.shape == (5, 64, 64, 3)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    expected = torch.nn.functional.interpolate((1 - crops[[0, 2, 3, 4]]).movedim(-1, 1), size=(64, 64),
+                                               mode="bicubic", antialias=True).clamp(0, 1).movedim(1, -1)
+    torch.testing.assert_close(out[[0, 2, 3, 4]], expected, rtol=0, atol=0)  # the same operations on the same data
