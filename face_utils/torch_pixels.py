@@ -14,8 +14,9 @@ modules' own (imported, never restated); the arithmetic is the same steps in tor
 - colour correction: OpenCV's Gaussian taps (`cv2.getGaussianKernel`, its own kernel size rule), its area
   shrinking (the same fractional-pixel weights, as two small matrix products) and bilinear enlarging.
 
-OpenCV's warps quantise sample positions to 1/32 pixel, torch's do not, so the two paths agree to about 1e-3 in
-smooth areas rather than bit for bit (tests/test_torch_pixels.py holds the stated tolerances). Lanczos has no
+Both paths sample at exact float32 positions (opencv-python 5's cubic and linear warps no longer quantise them
+to 1/32 px), each rounding them its own way, so they agree to about 6e-5 on the fixture photos rather than bit for
+bit (tests/test_torch_pixels.py holds 3e-4; tests/NUMERICS.md). Lanczos has no
 torch sampler: settings asking for it take the OpenCV path (`supports`).
 
 Images here are float32 tensors [H, W, C] in 0..1 (C = 1, 3 or 4) on one device; crops [S, S, C].
