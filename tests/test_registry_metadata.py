@@ -7,12 +7,11 @@ import re
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
 
 import cv2
 import pytest
+from support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Rules from the registry: publisher ids as the registry backend validates them; node names as
 # docs.comfy.org/registry/specifications states them; the classifier values comfy-cli accepts.
 PUBLISHER_ID = re.compile(r"[a-z][a-z0-9-]*")

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FRAME_HW = (720, 1280)
 FRAME_BYTES = FRAME_HW[0] * FRAME_HW[1] * 3 * 4  # one float32 RGB frame: 11 MB
 SHORT, LONG = 6, 24

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfy_host import PACK_DIR_NAME, REPO_ROOT, ComfyError, ComfyServer, FrontendPage, describe_failure
+from comfy_host import PACK_DIR_NAME, ComfyError, ComfyServer, FrontendPage, describe_failure
 from comfy_host import execution_error, status_messages
+from support import DETECTOR, REPO_ROOT
 
 WORKFLOWS = REPO_ROOT / "workflows"  # what ComfyUI publishes as this pack's templates: UI format only
 API_WORKFLOWS = WORKFLOWS / "api"  # the API-format twins, one folder down where the template browser never looks
 NAMES = ["restore_photo", "quick_restore", "after_face_swap", "after_generation", "video_frames"]
 OTHER_PACKS_NODES = {"after_face_swap": ["ReActorFaceSwap"]}  # needs the ReActor pack, not installed here
-DETECTOR = "retinaface_mobile0.25"  # the fixtures ship only this detector's weights, and tests never download
 THUMBNAIL_WIDTH = 640
 # The browser window of a 1920x1080 screen less the browser's own bars: the view a user opens a template in.
 VIEWPORT = {"width": 1920, "height": 950}
