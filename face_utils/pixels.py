@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..gpen_arch.runner import ieee_fp32
 from . import alignment, paste, torch_pixels
 from .colour import ColourStats
 from .conversion import frames_to_image
@@ -80,16 +81,19 @@ class TorchPixels:
         return torch.from_numpy(frame).to(self.device)
 
     def crops(self, frame: torch.Tensor, faces: Sequence[FaceRecord]) -> torch.Tensor:
-        return torch.stack([torch_pixels.warp_face(frame, face) for face in faces])
+        with ieee_fp32():  # the same numbers as OpenCV's on the CPU (its filters are convolutions)
+            return torch.stack([torch_pixels.warp_face(frame, face) for face in faces])
 
     def for_paste(self, crops: torch.Tensor) -> list[torch.Tensor]:
         return list(crops.detach().to(self.device, torch.float32))
 
     def prepare_faces(self, frame, crops, faces, settings, *, parser=None):
-        return torch_pixels.prepare_faces(frame, crops, faces, settings, parser=parser)
+        with ieee_fp32():
+            return torch_pixels.prepare_faces(frame, crops, faces, settings, parser=parser)
 
     def blend_faces(self, frame, prepared, settings, *, colours=None):
-        result, mask = torch_pixels.blend_faces(frame, prepared, settings, colours=colours)
+        with ieee_fp32():
+            result, mask = torch_pixels.blend_faces(frame, prepared, settings, colours=colours)
         # One transfer back for both.
         both = torch.cat([result, mask[:, :, None]], dim=2).cpu().numpy()
         return both[:, :, :-1], both[:, :, -1]

@@ -11,8 +11,9 @@ std 0.5); the conversion to and from crops lives here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -154,7 +155,7 @@ class GpenRunner:
         check_strength(strength)
         out = torch.empty((crops.shape[0], self.size, self.size, 3), dtype=torch.float32, device=output_device)
         start, batch_size = 0, max(1, batch_size)
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32():
             while start < crops.shape[0]:
                 if check_interrupted is not None:
                     check_interrupted()
@@ -183,6 +184,21 @@ class GpenRunner:
                     for _ in range(chunk.shape[0]):
                         on_face()
         return out
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Float32 work inside runs in IEEE fp32 on every GPU: TF32 (cuDNN's default for convolutions, which ComfyUI
+    leaves on, and an opt-in for matmuls) rounds their inputs to 10 mantissa bits on Ampere and newer. What "fp32"
+    means here: the same numbers as on the CPU, to float32 rounding. The flags are restored afterwards. No effect
+    on fp16/bf16 work, nor on a CPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    kept = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False  # only these two: ComfyUI's other cuDNN settings stay as they are
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = kept
 
 
 def _rgb(crops: torch.Tensor) -> torch.Tensor:

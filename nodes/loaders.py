@@ -38,8 +38,9 @@ class GPENModelLoader(io.ComfyNode):
                     "A GPEN file in models/facerestore_models (the folder ReActor and facerestore_cf use); the "
                     "default is the largest GPEN there, judged by what each file holds.")),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
-                    "auto: fp16 or bf16 where the GPU handles it well, fp32 on the CPU. fp32 is exact but slower "
-                    "and takes twice the memory. .onnx models always run in fp32.")),
+                    "auto: fp16 or bf16 where the GPU handles it well, fp32 on the CPU. fp32 is full IEEE precision "
+                    "on every device (TF32 is off while GPEN runs), slower and twice the memory. .onnx models "
+                    "always run in fp32.")),
                 io.Boolean.Input("compile", default=False, tooltip=(
                     "Compile the network with torch.compile: the first run takes minutes, later runs of the same "
                     "size are faster. Needs Triton on NVIDIA GPUs, a C++ compiler on the CPU. Ignored for .onnx.")),

@@ -177,3 +177,25 @@ def test_large_models_run_batch_items_one_after_another(fixtures_dir, monkeypatc
         out = model(io["input"])
     assert calls == [1, 1]
     assert (out - io["output"]).abs().max().item() <= PARITY_TOLERANCE
+
+
+def test_fp32_runs_without_tf32_and_leaves_the_flags_as_it_found_them(monkeypatch):
+    # "fp32" means IEEE fp32 on every GPU: cuDNN's TF32 default (left on by ComfyUI) and TF32 matmuls are off
+    # while GPEN runs, then back as they were. The flags exist on every torch build, so this holds on the CPU too.
+    from comfyui_gpen_restore.gpen_arch import GpenRunner
+
+    torch.manual_seed(0)
+    runner = GpenRunner(GPEN(size=16, style_dim=32, n_mlp=1, channel_multiplier=1, narrow=0.25), name="tiny")
+    seen = []
+    real_forward = runner.module.forward
+    monkeypatch.setattr(runner.module, "forward", lambda x: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)) or real_forward(x))
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    kept = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = True  # what a host may have set
+    try:
+        runner.restore(torch.rand(2, 16, 16, 3), device=torch.device("cpu"))
+        assert seen == [(False, False)] * 2
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = kept
