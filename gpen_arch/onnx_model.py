@@ -21,7 +21,8 @@ class OnnxGPEN(nn.Module):
     device and float dtype; the result comes back on `x`'s device and dtype.
 
     The graph is checked once at construction (one input and one output of shape [N, 3, S, S]); sessions are
-    made once per device kind and reused, on CUDA when the input is there and onnxruntime can use it.
+    made once per device and reused, on that CUDA device when the input is there and onnxruntime can use it (the
+    provider it really runs on is logged, and a CPU fallback is a warning).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -50,8 +51,13 @@ class OnnxGPEN(nn.Module):
         # Graphs exported with a fixed batch of 1 (the published ones) are run one face at a time.
         self.fixed_batch = shapes[0][0] if isinstance(shapes[0][0], int) else None
 
-    def _session(self, device_type: str):
-        if device_type not in self._sessions:
+    def _session(self, device: torch.device | str):
+        """The session for inputs on `device`, made once per device (`cuda:1` gets its own, on GPU 1)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        key = str(device)
+        if key not in self._sessions:
             try:
                 import onnxruntime as ort
             except ImportError as exc:
@@ -59,18 +65,31 @@ class OnnxGPEN(nn.Module):
                     f"{self.path.name} is an ONNX model and needs onnxruntime: `pip install onnxruntime` "
                     "(or onnxruntime-gpu for CUDA) in ComfyUI's Python environment, or use the .pth file instead."
                 ) from exc
-            providers = ["CPUExecutionProvider"]
-            if device_type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
+            providers: list = ["CPUExecutionProvider"]
+            wants_cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+            if wants_cuda:
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index}))
             try:
-                self._sessions[device_type] = ort.InferenceSession(str(self.path), providers=providers)
+                session = ort.InferenceSession(str(self.path), providers=providers)
             except Exception as exc:  # onnxruntime's error classes (InvalidProtobuf, Fail, ...) share no base
+                if wants_cuda:  # the file opened on the CPU when it was loaded: CUDA is what failed
+                    raise RuntimeError(
+                        f"onnxruntime could not run {self.path.name} on {key} ({type(exc).__name__}: "
+                        f"{_first_line(exc)}). Install the onnxruntime-gpu build that matches this CUDA, or use "
+                        "the .pth file of this model (it runs on the GPU through torch)."
+                    ) from exc
                 raise UnsupportedCheckpointError(
                     f"onnxruntime cannot open {self.path.name} ({type(exc).__name__}: {_first_line(exc)}): the "
                     "file is truncated or not an ONNX model. Download it again."
                 ) from exc
-            logger.info("onnxruntime session for %s on %s", self.path.name, providers[0])
-        return self._sessions[device_type]
+            used = session.get_providers()[0]
+            if device.type == "cuda" and used != "CUDAExecutionProvider":
+                logger.warning("onnxruntime runs %s on the CPU, not on %s (%s): install onnxruntime-gpu, or use the "
+                               ".pth file of this model", self.path.name, key,
+                               "its CUDA provider did not start" if wants_cuda else "no CUDA provider installed")
+            logger.info("onnxruntime session for %s on %s (%s)", self.path.name, key, used)
+            self._sessions[key] = session
+        return self._sessions[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.size, self.size):
@@ -78,7 +97,7 @@ class OnnxGPEN(nn.Module):
                 f"GPEN-{self.size} (ONNX) expects a [B, 3, {self.size}, {self.size}] tensor, got {list(x.shape)}; "
                 f"resize the face crops to {self.size}x{self.size} first"
             )
-        session = self._session(x.device.type)
+        session = self._session(x.device)
         batch = x.detach().to("cpu", torch.float32).numpy()
         step = self.fixed_batch or len(batch)
         outputs = [

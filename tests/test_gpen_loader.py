@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import sys
 
@@ -147,7 +148,7 @@ def test_corrupt_onnx_is_refused(tmp_path, fixtures_dir):
         load_gpen(tmp_path / "cut.onnx")
 
 
-def test_onnx_session_follows_the_input_device_and_is_made_once(monkeypatch, fixtures_dir):
+def test_onnx_session_follows_the_input_device_and_is_made_once(monkeypatch, fixtures_dir, caplog):
     import onnxruntime as ort
 
     model = load_gpen(fixtures_dir / "gpen" / "case_64.onnx")
@@ -158,9 +159,29 @@ def test_onnx_session_follows_the_input_device_and_is_made_once(monkeypatch, fix
         ort, "InferenceSession",
         lambda path, providers: made.append(providers) or real_session(path, providers=["CPUExecutionProvider"]),
     )
-    assert model._session("cuda") is model._session("cuda")
-    assert made == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
-    assert model._session("cpu") is not model._session("cuda") and len(made) == 1  # the CPU one from loading
+    with caplog.at_level(logging.INFO, logger="comfyui_gpen_restore.gpen_arch.onnx_model"):
+        assert model._session("cuda:1") is model._session(torch.device("cuda", 1))
+    assert made == [[("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]]
+    # Here onnxruntime really ran on the CPU (as it does when its CUDA provider fails to start): said, not hidden.
+    assert "on the CPU, not on cuda:1" in caplog.text and "(CPUExecutionProvider)" in caplog.text
+    model._session("cuda:0")
+    assert made[-1][0] == ("CUDAExecutionProvider", {"device_id": 0}) and len(made) == 2  # another GPU, its own
+    assert model._session("cpu") is not model._session("cuda:1") and len(made) == 2  # the CPU one from loading
+
+
+def test_a_failing_cuda_session_is_not_called_a_damaged_file(monkeypatch, fixtures_dir):
+    import onnxruntime as ort
+
+    model = load_gpen(fixtures_dir / "gpen" / "case_64.onnx")
+
+    def no_cuda(path, providers):
+        raise RuntimeError("CUDA_PATH is set but CUDA wasn't able to be loaded\nlong details")
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", no_cuda)
+    with pytest.raises(RuntimeError, match="could not run case_64.onnx on cuda:0 .*onnxruntime-gpu") as error:
+        model._session("cuda:0")
+    assert not isinstance(error.value, UnsupportedCheckpointError) and "truncated" not in str(error.value)
 
 
 def test_missing_onnxruntime_is_explained(monkeypatch, fixtures_dir):
