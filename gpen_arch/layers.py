@@ -340,9 +340,15 @@ class StyledConv(nn.Module):
         # applied while writing each half of the concatenation, and one in-place pass activates it all.
         gain_bias = (LEAKY_GAIN * self.activate.bias).to(y.dtype).view(1, -1, 1, 1)
         demod = (LEAKY_GAIN * demod).to(y.dtype)[:, :, None, None]
-        torch.addcmul(gain_bias[:, :out_c], y, demod, out=out[:, :out_c])
         noise_gain = (LEAKY_GAIN * self.noise.weight).to(feature.dtype)
-        torch.addcmul(gain_bias[:, out_c:], feature, noise_gain, out=out[:, out_c:])
+        if torch.compiler.is_compiling():
+            # torch.compile traces no `out=` into a non-contiguous slice (a graph break per layer); assigning the
+            # slices traces, and the compiler fuses the temporaries away.
+            out[:, :out_c] = torch.addcmul(gain_bias[:, :out_c], y, demod)
+            out[:, out_c:] = torch.addcmul(gain_bias[:, out_c:], feature, noise_gain)
+        else:  # eager: written in place, no temporary of the layer's size
+            torch.addcmul(gain_bias[:, :out_c], y, demod, out=out[:, :out_c])
+            torch.addcmul(gain_bias[:, out_c:], feature, noise_gain, out=out[:, out_c:])
         return F.leaky_relu_(out, LEAKY_SLOPE)
 
 

@@ -195,11 +195,9 @@ class GPEN(nn.Module):
         # 1x1 ToRGB becomes a plain matrix product (see layers.ToRGB).
         band_rows = self.generator.band_rows(x.element_size())
         features = self.encode(x, band_rows)
-        x = features[-1]
         # The latent path is tiny and runs in fp32 whatever the network's dtype (no fp16 overflow there).
-        latent = self.final_linear(x.flatten(1).float())
+        latent = self.final_linear(features[-1].flatten(1).float())
         features.reverse()
-        del x
         return self.generator(latent, features, self.memory_format, band_rows)
 
     def encode(self, x: torch.Tensor, band_rows: list[int] | None) -> list:

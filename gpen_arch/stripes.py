@@ -215,7 +215,7 @@ class BandedLevel:
         j0, j1 = max(0, (top - 2) // 2), min(half, bottom // 2 + 1)
         upsampled = F.conv_transpose2d(skip[:, :, j0:j1], self.skip_filter, stride=2, padding=(0, 1), groups=3)
         rows_up = upsampled[:, :, top - 2 * j0 + 1 : bottom - 2 * j0 + 1]
-        torch.add(self.to_rgb.rgb(out, self.rgb_scales), rows_up, out=rgb[:, :, top:bottom])
+        rgb[:, :, top:bottom] = self.to_rgb.rgb(out, self.rgb_scales) + rows_up  # 3 channels: a tiny temporary
 
 
 class StreamedLevel:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfyui_gpen_restore.gpen_arch import load_gpen, stripes
+from comfyui_gpen_restore.gpen_arch import GPEN, load_gpen, stripes
 from support import PARITY_TOLERANCE, REORDER_TOLERANCE
 
 # Bands of a few rows of these tiny tensors may go through other convolution kernels than the whole tensors (torch
@@ -90,3 +90,19 @@ def test_stream_window_refuses_rows_it_dropped(fixtures_dir):
         streamed.rows(12, 20)  # the window is full here: rows before 12 are dropped
         with pytest.raises(ValueError, match="dropped"):
             streamed.rows(4, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("banded", [False, True])
+def test_torch_compile_traces_the_whole_network_in_one_graph(banded):
+    # A graph break splits the compiled network and runs the pieces between them eagerly (upstream's layout wrote
+    # `out=` into slices: 31 breaks in this small banded network, 41 at GPEN-2048). Dynamo's trace only, no codegen.
+    torch.manual_seed(0)
+    model = GPEN(size=64, style_dim=32, n_mlp=1, channel_multiplier=1, narrow=0.25).eval()
+    if banded:
+        model.generator.stream_from_bytes, model.generator.stripe_bytes = 0, 1
+        assert len(model.generator.band_rows(4)) == stripes.STREAMED_LEVELS
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert explained.graph_break_count == 0, [reason.reason.splitlines()[0] for reason in explained.break_reasons]
+    assert explained.graph_count == 1
