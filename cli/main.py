@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-color-correction", action="store_true", help="do not match the original colours")
     parser.add_argument("--device", default="auto", help=f"{DEVICE_NAMES}; auto is CUDA if available, else cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: fp16 (or bf16) on CUDA GPUs that run it well, fp32 elsewhere")
+                        help="auto: fp16 (or bf16) on CUDA GPUs that run it well, bf16 on CPUs that compute it "
+                        "natively (AVX-512 BF16, AMX), fp32 elsewhere")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (slow first image, faster after; not for .onnx)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log each step")

@@ -25,7 +25,7 @@ from ..face_utils.detectors import load_detector
 from ..face_utils.parsing import FaceParser, load_face_parser
 from ..face_utils.paste import PasteSettings
 from ..face_utils.pixels import Pixels, choose_pixels
-from ..gpen_arch.runner import CropShapeError, GpenRunner
+from ..gpen_arch.runner import CropShapeError, GpenRunner, cpu_has_native_bf16
 from . import frame_jobs
 from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
 from .image_files import ImageFileError, read_image, write_image
@@ -34,6 +34,8 @@ from .progress import ProgressLine
 from .video_files import VideoFileError
 
 logger = logging.getLogger(__name__)
+
+PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Session:
         if not runner.is_onnx:
             runner.module.to(device)
         logger.info("%r from %s on %s", runner, model_path, device)
+        progress.report(f"{model_path.name}: GPEN-{runner.size} in {PRECISION_NAMES[runner.dtype]} on {device}")
         # The model's size replaces the crop size now that it is known.
         detect_settings = dataclasses.replace(detect_settings, crop_size=runner.size)
         return cls(runner, device, args.strength, detect_settings, paste_settings, progress)
@@ -170,8 +173,10 @@ def write_faces(path: Path, found: list[dict], progress: ProgressLine) -> list[s
 
 def _half_support(device: torch.device) -> dict[str, bool]:
     """What `device` runs well besides fp32, for precision "auto": fp16 on CUDA GPUs with tensor cores (compute
-    capability 7.0 and later), bf16 where CUDA supports it; fp32 elsewhere (emulated half precision on CPUs is
-    many times slower)."""
+    capability 7.0 and later), bf16 where CUDA supports it and on CPUs that compute it natively; fp32 elsewhere
+    (emulated half precision is many times slower)."""
+    if device.type == "cpu":
+        return {"fp16_ok": False, "bf16_ok": cpu_has_native_bf16()}
     if device.type != "cuda":
         return {"fp16_ok": False, "bf16_ok": False}
     return {"fp16_ok": torch.cuda.get_device_capability(device) >= (7, 0), "bf16_ok": torch.cuda.is_bf16_supported()}

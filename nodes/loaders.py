@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..face_utils import DETECTORS, KNOWN_WEIGHTS, load_detector
 from ..gpen_arch.loader import model_size
-from ..gpen_arch.runner import PRECISIONS, GpenRunner
+from ..gpen_arch.runner import PRECISIONS, GpenRunner, cpu_has_native_bf16
 from ..model_files.folders import COMFYUI_WHERE_TO_GET, RESTORE_FOLDER, preferred_model
 from .inputs import TITLES, FaceDetectorSocket, GpenModelSocket, named_errors, schema
 from .models import NO_MODELS, GpenModel, gpen_run_device, model_path, model_paths, weights_dir
@@ -38,7 +38,8 @@ class GPENModelLoader(io.ComfyNode):
                     "A GPEN file in models/facerestore_models (the folder ReActor and facerestore_cf use); the "
                     "default is the largest GPEN there, judged by what each file holds.")),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
-                    "auto: fp16 or bf16 where the GPU handles it well, fp32 on the CPU. fp32 is full IEEE precision "
+                    "auto: fp16 or bf16 where the GPU handles it well, bf16 on CPUs that compute it natively (AVX-512 "
+                    "BF16, AMX), fp32 on other CPUs. fp32 is full IEEE precision "
                     "on every device (TF32 is off while GPEN runs), slower and twice the memory. .onnx models "
                     "always run in fp32.")),
                 io.Boolean.Input("compile", default=False, tooltip=(
@@ -68,7 +69,9 @@ class GPENModelLoader(io.ComfyNode):
         runner = GpenRunner.load(
             path, precision=precision, compile=compile, where_to_get=COMFYUI_WHERE_TO_GET,
             fp16_ok=mm.should_use_fp16(runs_on, prioritize_performance=True),
-            bf16_ok=mm.should_use_bf16(runs_on, prioritize_performance=True),
+            # ComfyUI answers no for any CPU; one that computes bf16 natively runs GPEN 2x faster in it.
+            bf16_ok=mm.should_use_bf16(runs_on, prioritize_performance=True)
+            or (runs_on.type == "cpu" and not mm.FORCE_FP32 and cpu_has_native_bf16()),
         )
         patcher = None
         if not runner.is_onnx:

@@ -20,6 +20,7 @@ from comfyui_gpen_restore.cli import main as cli
 from comfyui_gpen_restore.cli.image_files import ImageFileError, read_image
 from comfyui_gpen_restore.face_utils import PasteSettings, load_detector, pipeline
 from comfyui_gpen_restore.gpen_arch import GpenRunner
+from comfyui_gpen_restore.gpen_arch.runner import cpu_has_native_bf16
 from support import DETECTOR, EIGHT_BIT_ROUNDING, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line, read_rgb, run_cli, save_gpen
 
 
@@ -43,7 +44,8 @@ def test_restores_every_image_of_a_folder(models_dir, home, fixtures_dir, capsys
 def test_gives_what_the_one_node_path_gives(models_dir, home, fixtures_dir):
     out = home / "grace.png"
     source = fixtures_dir / "images" / "grace_hopper.jpg"
-    assert run_cli(["--input", source, "--output", out, "--strength", "0.7", *cli_args(models_dir)], home) == 0
+    assert run_cli(["--input", source, "--output", out, "--strength", "0.7", "--precision", "fp32",
+                    *cli_args(models_dir)], home) == 0
     runner = GpenRunner.load(models_dir / "facerestore_models" / "GPEN-BFR-64.pth", precision="fp32")
     detector = load_detector(DETECTOR, models_dir / "facedetection")
     image, _mask, faces = pipeline.restore_image(
@@ -386,14 +388,19 @@ def test_each_image_gets_a_result_line(models_dir, home, fixtures_dir, capsys):
     shutil.copy(fixtures_dir / "images" / "astronaut.png", folder)
     cv2.imwrite(str(folder / "wall.png"), np.full((50, 60, 3), 90, np.uint8))
     assert run_cli(["--input", folder, "--output", home / "out", *cli_args(models_dir)], home) == 0
+    # First the precision "auto" chose for this CPU: bf16 where it computes bf16 natively, else fp32.
+    ran_in = f"GPEN-BFR-64.pth: GPEN-64 in {'bf16' if cpu_has_native_bf16() else 'fp32'} on cpu"
     assert capsys.readouterr().out.splitlines() == [
+        ran_in,
         f"{home / 'out' / 'astronaut.png'}: 1 face restored",
         f"{home / 'out' / 'wall.png'}: no face found, written unchanged",
     ]
     crop = home / "crop.png"
     cv2.imwrite(str(crop), np.full((100, 100, 3), 128, np.uint8))
-    assert run_cli(["--input", crop, "--output", home / "crop_out.png", "--aligned", *cli_args(models_dir)], home) == 0
+    assert run_cli(["--input", crop, "--output", home / "crop_out.png", "--aligned", "--precision", "fp32",
+                    *cli_args(models_dir)], home) == 0
     assert capsys.readouterr().out.splitlines() == [
+        "GPEN-BFR-64.pth: GPEN-64 in fp32 on cpu",
         f"{home / 'crop_out.png'}: face crop restored at 64x64 (the model's size)"
     ]
 

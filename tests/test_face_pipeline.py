@@ -12,6 +12,7 @@ from comfyui_gpen_restore.face_utils.images import picture_fingerprint, same_pic
 from comfyui_gpen_restore.face_utils.face_set import DetectSettings, FaceInputError, FaceSet
 from comfyui_gpen_restore.face_utils.pipeline import warp_crops
 from comfyui_gpen_restore.face_utils.preview import draw_faces
+from support import DETECTOR
 
 
 def face(x0: float, y0: float, side: float, frame_index: int = 0, size_hw=(600, 512)) -> FaceRecord:
@@ -81,7 +82,6 @@ def test_a_crowd_of_32_overlapping_faces_is_restored_whole_and_seamlessly(grace,
     """32 real faces (the fixture portrait, scaled) side by side, their crops and masks overlapping. With a
     restorer that changes nothing, pasting all of them back must give the picture back: no seam, no face blended
     twice, every face inside the mask, nothing changed outside it."""
-    from support import DETECTOR
 
     from comfyui_gpen_restore.face_utils import PasteSettings, load_detector
     from comfyui_gpen_restore.face_utils.pipeline import restore_image
@@ -121,7 +121,6 @@ def test_a_crowd_of_32_overlapping_faces_is_restored_whole_and_seamlessly(grace,
 
 
 def test_overlapping_faces_share_the_opacity_instead_of_blending_twice(grace, fixtures_dir):
-    from support import DETECTOR
 
     from comfyui_gpen_restore.face_utils import PasteSettings, align_face, load_detector, paste_faces, warp_face
 
@@ -167,3 +166,30 @@ def test_restored_crops_stay_on_the_crops_device_and_black_ones_pass(device):
     expected = torch.nn.functional.interpolate((1 - crops[[0, 2, 3, 4]]).movedim(-1, 1), size=(64, 64),
                                                mode="bicubic", antialias=True).clamp(0, 1).movedim(1, -1)
     torch.testing.assert_close(out[[0, 2, 3, 4]], expected, rtol=0, atol=0)  # the same operations on the same data
+
+
+@pytest.mark.slow
+def test_bf16_restores_the_fixture_photos_within_40_db_of_fp32(grace, astronaut, fixtures_dir, tmp_path):
+    # What "auto" picks on CPUs with native bf16 (gpen_arch.runner.cpu_has_native_bf16): GPEN-512 at its published
+    # size (random weights, upstream's init), the whole pipeline, both photos. Measured 68 and 73 dB.
+    from comfyui_gpen_restore.face_utils import PasteSettings, load_detector
+    from comfyui_gpen_restore.face_utils.pipeline import restore_image
+    from comfyui_gpen_restore.gpen_arch import GPEN, GpenRunner
+
+    torch.manual_seed(0)
+    torch.save(GPEN(size=512, style_dim=512, n_mlp=8, channel_multiplier=2, narrow=1).state_dict(),
+               tmp_path / "GPEN-BFR-512.pth")
+    detector = load_detector(DETECTOR, fixtures_dir / "facedetection")
+    for photo in (grace, astronaut):
+        restored = {}
+        for precision in ("fp32", "bf16"):
+            runner = GpenRunner.load(tmp_path / "GPEN-BFR-512.pth", precision=precision)
+            restored[precision], mask, faces = restore_image(
+                torch.from_numpy(photo)[None], detector,
+                lambda crops, on_face: runner.restore(crops, device=torch.device("cpu"), on_face=on_face),
+                DetectSettings(crop_size=512), PasteSettings())
+        assert len(faces) == 1
+        error = (restored["bf16"] - restored["fp32"]).double()
+        assert 10 * np.log10(1 / error.pow(2).mean().item()) >= 40
+        # Not the same picture by accident: bf16 really ran (it moves the face by a few levels).
+        assert error.abs().max() > 1e-3

@@ -78,7 +78,8 @@ def models(nodes, comfy, tmp_path, fixtures_dir, monkeypatch) -> Path:
 
 @pytest.fixture
 def model(nodes, models):
-    return run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "auto", False).result[0]
+    # fp32 explicitly: "auto" depends on the CPU (bf16 where it is native), and these tests compare numbers.
+    return run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "fp32", False).result[0]
 
 
 @pytest.fixture
@@ -218,13 +219,19 @@ def test_a_replaced_model_file_is_loaded_again(nodes, models):
 def test_model_is_placed_by_model_management_and_freed_by_unloading(nodes, comfy, model, grace, detector):
     mm = comfy.model_management
     assert isinstance(model.patcher, comfy.model_patcher.ModelPatcher)
-    assert model.runner.dtype == torch.float32  # auto on a CPU
     crops, _faces, _ = detect(nodes, image_batch(grace), detector, model)
     run(nodes.GPENRestoreFaces, model, crops, 0.8)
     assert any(loaded.model is model.patcher for loaded in mm.current_loaded_models)
     mm.unload_all_models()
     assert not any(loaded.model is model.patcher for loaded in mm.current_loaded_models)
     assert model.runner.weights_device == mm.unet_offload_device()
+
+
+def test_auto_precision_on_this_cpu(nodes, models):
+    from comfyui_gpen_restore.gpen_arch.runner import cpu_has_native_bf16
+
+    model = run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "auto", False).result[0]
+    assert model.runner.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
 
 
 def test_explicit_precision_sets_the_weights_dtype(nodes, models):
@@ -527,10 +534,15 @@ def test_gpen_stays_loaded_while_the_one_node_restore_runs_it(nodes, model, dete
     mm.unload_all_models()
 
 
-@pytest.mark.parametrize(("vram_state", "dtype"), [("NORMAL_VRAM", torch.float16), ("NO_VRAM", torch.float32)])
+@pytest.mark.parametrize(("vram_state", "dtype"), [("NORMAL_VRAM", torch.float16), ("NO_VRAM", "cpu")])
 def test_auto_precision_is_chosen_for_where_gpen_runs(nodes, models, comfy, monkeypatch, vram_state, dtype):
     # ComfyUI on a GPU answers fp16 for the GPU and no for the CPU (stood in here: this machine has no GPU). With
-    # --novram GPEN's weights stay on the offload device, a CPU: "auto" must not pick fp16 there.
+    # --novram GPEN's weights stay on the offload device, a CPU: "auto" must not pick fp16 there, but what that
+    # CPU runs best (bf16 where it computes it natively, else fp32).
+    from comfyui_gpen_restore.gpen_arch.runner import cpu_has_native_bf16
+
+    if dtype == "cpu":
+        dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     mm = comfy.model_management
     monkeypatch.setattr(mm, "vram_state", getattr(mm.VRAMState, vram_state))
     monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cuda"))
