@@ -30,6 +30,7 @@ from comfyui_gpen_restore.face_utils.parsing import (
 )
 from comfyui_gpen_restore.face_utils.paste_stream import PasteStream
 from comfyui_gpen_restore.face_utils.pixels import OPENCV_PIXELS, TorchPixels, choose_pixels
+from comfyui_gpen_restore.gpen_arch.runner import ieee_fp32
 from support import DETECTOR, read_rgb
 
 # The same cubic samples and filters, but each path rounds its sample positions to float32 on its own (an ulp is
@@ -39,8 +40,9 @@ from support import DETECTOR, read_rgb
 TOLERANCE = 3e-4
 # Masks are smooth in the sample positions (a feather of many pixels): measured up to 6e-7.
 MASK_TOLERANCE = 1e-5
-# The torch backend on the CPU: the same code that runs on a GPU, where these tests can run.
-ON_CPU = TorchPixels(torch.device("cpu"))
+# The torch backend on a CUDA GPU where there is one (benchmarks/gpu_check.sh), else on the CPU: the same code.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ON_DEVICE = TorchPixels(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +56,18 @@ def photos(fixtures_dir):
     return found
 
 
-def torch_warp(image: np.ndarray, face) -> np.ndarray:
-    return torch_pixels.warp_face(torch.from_numpy(image), face).numpy()
+def torch_warp(image: np.ndarray, face, **options) -> np.ndarray:
+    with ieee_fp32():  # as TorchPixels runs it
+        return torch_pixels.warp_face(torch.from_numpy(image).to(DEVICE), face, **options).cpu().numpy()
 
 
 def torch_paste(image: np.ndarray, crops, faces, settings, parser=None):
-    tensor = torch.from_numpy(image)
-    prepared = torch_pixels.prepare_faces(tensor, [torch.from_numpy(c) for c in crops], faces, settings,
-                                          parser=parser)
-    result, mask = torch_pixels.blend_faces(tensor, prepared, settings)
-    return result.numpy(), mask.numpy()
+    tensor = torch.from_numpy(image).to(DEVICE)
+    with ieee_fp32():
+        prepared = torch_pixels.prepare_faces(tensor, [torch.from_numpy(c) for c in crops], faces, settings,
+                                              parser=parser)
+        result, mask = torch_pixels.blend_faces(tensor, prepared, settings)
+    return result.cpu().numpy(), mask.cpu().numpy()
 
 
 def assert_paste_agrees(image, crops, faces, settings, tolerance, parser=None, mask_tolerance=MASK_TOLERANCE):
@@ -109,7 +113,7 @@ def test_crop_warp_at_the_frame_edge_follows_the_border_rule(photos, border):
     for crop_size in (64, 512):
         aligned = align_face(shifted, crop_size=crop_size)
         expected = warp_face(cut, aligned, border=border)
-        result = torch_pixels.warp_face(torch.from_numpy(cut), aligned, border=border).numpy()
+        result = torch_warp(cut, aligned, border=border)
         assert np.abs(result - expected).max() <= TOLERANCE
 
 
@@ -164,8 +168,12 @@ def test_paste_agrees_for_grey_and_rgba(photos, image_channels, crop_channels):
 class _RedIsFace(torch.nn.Module):
     """A content-dependent stand-in for ParseNet: face where the crop is redder than green."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(()))  # tells FaceParser the device it is on
+
     def forward(self, x):
-        logits = torch.zeros(x.shape[0], PARSE_CLASSES, *x.shape[2:])
+        logits = torch.zeros(x.shape[0], PARSE_CLASSES, *x.shape[2:], device=x.device)
         logits[:, FACE_CLASSES[0]] = 20.0 * (x[:, 0] - x[:, 1])
         return logits, x
 
@@ -182,7 +190,7 @@ def test_parsing_mask_agrees(photos, crop_size):
     # the other (measured 4.4e-4); the paste moves no more than its mask does.
     mask_tolerance = MASK_TOLERANCE * 10 if crop_size == 512 else 0.05
     assert_paste_agrees(image, [crop], [aligned], settings, TOLERANCE if crop_size == 512 else 0.05,
-                        parser=FaceParser(_RedIsFace()), mask_tolerance=mask_tolerance)
+                        parser=FaceParser(_RedIsFace()).to(DEVICE), mask_tolerance=mask_tolerance)
 
 
 def test_the_one_node_path_on_a_device_agrees_and_hands_over_numpy(photos):
@@ -208,8 +216,8 @@ def test_the_one_node_path_on_a_device_agrees_and_hands_over_numpy(photos):
     settings = pipeline.DetectSettings(crop_size=256)
     expected, expected_mask, _ = pipeline.restore_image(frames, OneFace(), brighten, settings, PasteSettings())
     result, mask, faces = pipeline.restore_image(frames, OneFace(), brighten, settings, PasteSettings(),
-                                                 pixels=ON_CPU)
-    assert len(faces) == 1 and seen == [(torch.Tensor, torch.device("cpu"))] * 2
+                                                 pixels=ON_DEVICE)
+    assert len(faces) == 1 and seen == [(torch.Tensor, DEVICE)] * 2
     assert np.abs((result - expected).numpy()).max() <= TOLERANCE
     assert np.abs((mask - expected_mask).numpy()).max() <= MASK_TOLERANCE
     assert torch.equal(result[1:], frames[1:])  # frames without faces pass through untouched
@@ -221,10 +229,10 @@ def test_separate_paths_on_a_device_agree(photos):
     faces = pipeline.FaceSet((dataclasses.replace(align_face(face, crop_size=512),
                                                   frame_fingerprint=None),), 1, 512, "stand-in", 1)
     crops = pipeline.warp_crops(frames, faces)
-    on_device = pipeline.warp_crops(frames, faces, pixels=ON_CPU)
+    on_device = pipeline.warp_crops(frames, faces, pixels=ON_DEVICE)
     assert on_device.device.type == "cpu" and (on_device - crops).abs().max() <= TOLERANCE
     expected, _ = pipeline.paste_back(frames, crops, faces, PasteSettings())
-    result, _ = pipeline.paste_back(frames, crops, faces, PasteSettings(), pixels=ON_CPU)
+    result, _ = pipeline.paste_back(frames, crops, faces, PasteSettings(), pixels=ON_DEVICE)
     assert (result - expected).abs().max() <= TOLERANCE
 
 
@@ -241,12 +249,12 @@ def test_only_cuda_without_lanczos_takes_the_torch_backend():
 def test_stream_smooths_colour_statistics_held_as_tensors(photos):
     image, face = photos["grace_hopper.jpg"]
     aligned = dataclasses.replace(align_face(face, crop_size=256), track_id=0)
-    crop = torch.from_numpy(warp_face(image, aligned))
+    crop = torch.from_numpy(warp_face(image, aligned)).to(DEVICE)
     out = {}
     stream = PasteStream(PasteSettings(), lambda i, frame, mask: out.__setitem__(i, (frame, mask)), shots=[(0, 3)],
-                         pixels=ON_CPU)
+                         pixels=ON_DEVICE)
     for index in range(3):
-        frame = torch.from_numpy(np.clip(image + 0.02 * index, 0, 1).astype(np.float32))
+        frame = torch.from_numpy(np.clip(image + 0.02 * index, 0, 1).astype(np.float32)).to(DEVICE)
         stream.push(index, frame, [crop], [aligned.with_frame(index)])
     stream.finish()
     assert sorted(out) == [0, 1, 2]
