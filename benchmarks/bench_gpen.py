@@ -77,11 +77,20 @@ def main() -> None:
                 print_row(rows[-1], header=len(rows) == 1)
 
 
+def import_pack():
+    """The pack as `comfyui_gpen_restore`, through the command line's own loader (its one import name)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import restore_faces
+
+    return restore_faces.load_package()
+
+
 def make_weights(size: int, path: Path) -> None:
     import torch
 
-    sys.path.insert(0, str(REPO_ROOT))
-    from gpen_arch import GPEN
+    import_pack()
+    from comfyui_gpen_restore.gpen_arch import GPEN
 
     torch.manual_seed(size)
     torch.save(GPEN(**CONFIGS[size]).state_dict(), path)
@@ -114,7 +123,7 @@ def print_row(row: dict, *, header: bool) -> None:
 def run_worker(job: dict) -> dict:
     import torch
 
-    sys.path.insert(0, str(REPO_ROOT))
+    import_pack()
     device = torch.device(job["device"])
     dtype = getattr(torch, DTYPES[job["dtype"]])
     size, batch = job["size"], job["batch"]
@@ -147,7 +156,7 @@ def run_worker(job: dict) -> dict:
 def build(job: dict, device, dtype):
     import torch
 
-    from gpen_arch import load_gpen
+    from comfyui_gpen_restore.gpen_arch import load_gpen
 
     if job["impl"] == "upstream":
         model = upstream_model(job).to(device, dtype)
