@@ -60,7 +60,7 @@ def main() -> None:
     for noise in args.noise:
         rows += scene_rows(base, noise, args.seeds, args.frames)
     print(f"Fixture face {base.box_size:.0f} px; noise per coordinate in face sizes; {args.seeds} seeds x "
-          f"{args.frames} frames; smoothing at strength 1 (errors: mean landmark distance in px).\n")
+          f"{args.frames} frames; smoothing 1 (errors: mean landmark distance in px).\n")
     print("| noise | scene | metric | raw | smoothed | smoothed / raw |")
     print("|---|---|---|---|---|---|")
     for noise, scene, metric, raw, smooth in rows:
