@@ -11,12 +11,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .faces import (
-    GPENDetectFaces,
-    GPENPasteFaces,
-    GPENRestoreFaces,
-    GPENRestoreFacesOneNode,
-)
+from .faces import GPENDetectFaces, GPENPasteFaces, GPENRestoreFaces, GPENRestoreFacesOneNode
 from .inputs import TITLES
 from .loaders import GPENFaceDetectorLoader, GPENModelLoader
 from .models import NO_MODELS

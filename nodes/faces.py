@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.utils
 import torch
-
 from comfy_api.latest import io
 
 from ..face_utils import PasteSettings
@@ -18,25 +16,9 @@ from ..face_utils.pipeline import RestoreFn, detect_faces, paste_back, restore_c
 from ..face_utils.pixels import choose_pixels
 from ..face_utils.preview import draw_faces
 from ..gpen_arch.runner import MAX_BATCH_SIZE
-from .inputs import (
-    CATEGORY,
-    OUTPUT_SIZES,
-    TITLES,
-    FacesSocket,
-    GpenModelSocket,
-    detector_input,
-    face_size_input,
-    image_and_mask_outputs,
-    model_input,
-    named_errors,
-    paste_inputs,
-    schema,
-    selection_inputs,
-    strength_input,
-    template_input,
-    title,
-    tracking_inputs,
-)
+from .inputs import CATEGORY, OUTPUT_SIZES, TITLES, FacesSocket, GpenModelSocket, detector_input, face_size_input
+from .inputs import image_and_mask_outputs, model_input, named_errors, paste_inputs, schema, selection_inputs
+from .inputs import strength_input, template_input, title, tracking_inputs
 from .models import GpenModel, bind_restorer, on_device, parser_for
 
 logger = logging.getLogger(__name__)

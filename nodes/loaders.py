@@ -7,9 +7,7 @@ from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.model_patcher
-import comfy.utils
 import folder_paths
-
 from comfy_api.latest import io
 
 from ..face_utils import DETECTORS, KNOWN_WEIGHTS, load_detector

@@ -3,7 +3,6 @@ model management places GPEN, the face detector and the face parser on the devic
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.model_patcher
-import comfy.utils
 import folder_paths
 import torch
 
@@ -19,17 +17,9 @@ from ..face_utils import KNOWN_WEIGHTS, FaceDetector, FaceParser
 from ..face_utils.parsing import FaceParserCache
 from ..face_utils.pipeline import RestoreFn
 from ..gpen_arch.runner import GpenRunner
-from ..model_files.folders import (
-    DETECTION_FOLDER,
-    DOWNLOAD_HINT,
-    GPEN_EXTENSIONS,
-    RESTORE_FOLDER,
-    folder_with_file,
-    models_by_name,
-)
+from ..model_files.folders import DETECTION_FOLDER, DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, folder_with_file
+from ..model_files.folders import models_by_name
 from .inputs import TITLES
-
-logger = logging.getLogger(__name__)
 
 NO_MODELS = "(no model files in models/facerestore_models)"
 # Device memory freed through ComfyUI before the face detector or parser goes on the GPU: RetinaFace-R50's
