@@ -1,8 +1,9 @@
 """The command line's options and entry point: restore every face in image files, folders, videos and frame
 sequences, through the same pipeline as the ComfyUI nodes.
 
-Run it with the script at the pack's root: `python restore_faces.py --input photo.jpg --output out/`. Videos and
-`--sequence` folders go through `frame_jobs`; each kind of job runs in `restore` (faces tracked and smoothed over all frames, as in the nodes).
+Run it with the script at the pack's root: `python restore_faces.py --input photo.jpg --output out/`. Each kind of
+job runs in `restore`; videos and `--sequence` folders go through `frame_jobs` (faces tracked and smoothed over all
+frames, as in the nodes).
 
 torch and OpenCV take seconds to import, so this module and the ones it imports at the top (parsing and planning
 the command line) need neither: `--help` and a mistyped option or path are answered at once, and the pipeline's
@@ -138,7 +139,8 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
     GPEN's, a library not installed) become `CommandLineError`s."""
     jobs, sequences = plan_all(args)  # before any heavy import: a wrong path is reported at once
-    from ..face_utils.weights import WeightsUnavailableError  # imports torch: deferred until the paths are known to be good
+    # Imports torch: deferred until the paths are known to be good.
+    from ..face_utils.weights import WeightsUnavailableError
 
     try:
         return _restore(args, jobs, sequences, script_dir)

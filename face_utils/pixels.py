@@ -26,7 +26,7 @@ from .records import FaceRecord
 
 
 class Pixels(Protocol):
-    """The pixel work of the face pipeline on one kind of array (`Frame`: numpy or a device tensor)."""
+    """The pixel work of the face pipeline on one kind of frame: a numpy array (OpenCV) or a tensor on a device."""
 
     def upload(self, frame: np.ndarray) -> object:
         """A CPU float32 frame [H, W, C] as this backend's frame."""

@@ -3,8 +3,9 @@ colour correction, on tensors that stay where the model is.
 
 These are the twins of `alignment.warp_face` and `paste.prepare_faces` / `paste.blend_faces`, which use OpenCV
 and are the faster choice on a CPU (a 2048 crop warp: OpenCV about 2.4x faster than torch's `grid_sample` on 2
-cores), so `pixels.choose_pixels` takes this backend (`pixels.TorchPixels`) only on a CUDA device. Geometry, filter designs and constants are those
-modules' own (imported, never restated); the arithmetic is the same steps in torch:
+cores), so `pixels.choose_pixels` takes this backend (`pixels.TorchPixels`) only on a CUDA device. Geometry,
+filter designs and constants are those modules' own (imported, never restated); the arithmetic is the same steps
+in torch:
 
 - warps: torch's bicubic `grid_sample` is Keys' kernel with a = -0.75, as OpenCV's INTER_CUBIC; the region under
   the output is cut first with the frame's border rule (reflect-101, replicate or black), so the sampler's own

@@ -130,8 +130,8 @@ def assign_tracks(
     Args:
         frames: per frame, every unaligned record the detector found there (before any selection); the records
             of `frames[t]` must have `frame_index == t`.
-        order: one of `choices.ORDERS` (see `selection.order_faces`): tracks first seen in frame 0 get ids 0..k-1 in this
-            order, tracks first seen later the next ids, by first frame and then by this order within it.
+        order: one of `choices.ORDERS` (see `selection.order_faces`): tracks first seen in frame 0 get ids 0..k-1 in
+            this order, tracks first seen later the next ids, by first frame and then by this order within it.
         max_gap: missed frames after which a track is not found again (0 = consecutive frames only).
 
     Matching: each frame's detections are assigned to the live tracks by a minimum-cost assignment (most pairs
