@@ -170,24 +170,25 @@ def test_restored_crops_stay_on_the_crops_device_and_black_ones_pass(device):
 
 @pytest.mark.slow
 def test_bf16_restores_the_fixture_photos_within_40_db_of_fp32(grace, astronaut, fixtures_dir, tmp_path):
-    # What "auto" picks on CPUs with native bf16 (gpen_arch.runner.cpu_has_native_bf16): GPEN-512 at its published
-    # size (random weights, upstream's init), the whole pipeline, both photos. Measured 68 and 73 dB.
+    # What "auto" picks on CPUs with native bf16 (gpen_arch.runner.cpu_has_native_bf16): GPEN-256 at its published
+    # size (random weights, upstream's init; 256 keeps the emulated bf16 of AVX2-only CPUs to seconds), the whole
+    # pipeline, both photos. Measured 66.7 and 68.7 dB (GPEN-512: 68.1 and 72.6).
     from comfyui_gpen_restore.face_utils import PasteSettings, load_detector
     from comfyui_gpen_restore.face_utils.pipeline import restore_image
     from comfyui_gpen_restore.gpen_arch import GPEN, GpenRunner
 
     torch.manual_seed(0)
-    torch.save(GPEN(size=512, style_dim=512, n_mlp=8, channel_multiplier=2, narrow=1).state_dict(),
-               tmp_path / "GPEN-BFR-512.pth")
+    torch.save(GPEN(size=256, style_dim=512, n_mlp=8, channel_multiplier=1, narrow=0.5).state_dict(),
+               tmp_path / "GPEN-BFR-256.pth")
     detector = load_detector(DETECTOR, fixtures_dir / "facedetection")
     for photo in (grace, astronaut):
         restored = {}
         for precision in ("fp32", "bf16"):
-            runner = GpenRunner.load(tmp_path / "GPEN-BFR-512.pth", precision=precision)
+            runner = GpenRunner.load(tmp_path / "GPEN-BFR-256.pth", precision=precision)
             restored[precision], mask, faces = restore_image(
                 torch.from_numpy(photo)[None], detector,
                 lambda crops, on_face: runner.restore(crops, device=torch.device("cpu"), on_face=on_face),
-                DetectSettings(crop_size=512), PasteSettings())
+                DetectSettings(crop_size=256), PasteSettings())
         assert len(faces) == 1
         error = (restored["bf16"] - restored["fp32"]).double()
         assert 10 * np.log10(1 / error.pow(2).mean().item()) >= 40
