@@ -35,9 +35,6 @@ from .video_files import VideoFileError
 
 logger = logging.getLogger(__name__)
 
-PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 @dataclass
 class Session:
     """What every job of one run shares: the model on its device, the settings, the progress line."""
@@ -58,7 +55,7 @@ class Session:
         if not runner.is_onnx:
             runner.module.to(device)
         logger.info("%r from %s on %s", runner, model_path, device)
-        progress.report(f"{model_path.name}: GPEN-{runner.size} in {PRECISION_NAMES[runner.dtype]} on {device}")
+        progress.report(f"{model_path.name}: GPEN-{runner.size} in {runner.precision} on {device}")
         # The model's size replaces the crop size now that it is known.
         detect_settings = dataclasses.replace(detect_settings, crop_size=runner.size)
         return cls(runner, device, args.strength, detect_settings, paste_settings, progress)

@@ -109,6 +109,11 @@ class GpenRunner:
         return f"GpenRunner({self.name!r}, size={self.size}, dtype={self.dtype}, onnx={self.is_onnx})"
 
     @property
+    def precision(self) -> str:
+        """The precision it runs in, by its name in `PRECISIONS` ("fp32", "fp16", "bf16")."""
+        return next(name for name, dtype in DTYPES.items() if dtype == self.dtype)
+
+    @property
     def weights_device(self) -> torch.device | None:
         """Where a torch GPEN's weights are now (None for ONNX, which holds no torch weights)."""
         return None if self.is_onnx else next(self.module.parameters()).device
