@@ -1,53 +1,57 @@
 #!/usr/bin/env bash
-# Set up the pinned test environment in .venv (reused while the pins below are unchanged) and run the whole
-# suite: `bash tests/run.sh [pytest args]`. Works on a fresh machine with Python 3.10+ and pip; as root it also
-# installs Debian's headless Chromium for the frontend tests.
-set -euo pipefail
+# Run the whole suite on both ComfyUI hosts the pack supports, each in its own pinned venv (made on first use,
+# reused while its pins are unchanged): `bash tests/run.sh [pytest args]`. Works on a fresh machine with Python
+# 3.10+ and pip; as root it also installs Debian's headless Chromium for the frontend tests.
+#   GPEN_TEST_HOSTS="0.8" bash tests/run.sh tests/test_nodes.py   one host only (default: "0.8 0.33")
+#   COMFYUI_DIR_0_8=... COMFYUI_DIR_0_33=...                      ComfyUI work trees to use instead of ../shared
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-venv=${GPEN_TEST_VENV:-.venv}
+# Each host with the torch stack its users have: 0.8.0 (January 2026, the oldest supported) runs on torch 2.13
+# without torchaudio (none matches 2.13; its image nodes do not need it); 0.33.0 (August 2026) imports
+# torchaudio at start. Stacks are the registry's own builds (a CPU-only local torch wheel has no torchvision).
+declare -A tag=([0.8]=v0.8.0 [0.33]=v0.33.0)
+declare -A shared=([0.8]=../shared/comfyui [0.33]=../shared/comfyui-0.33)
+declare -A torch_stack=([0.8]="torch==2.13.0 torchvision==0.28.0"
+                        [0.33]="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0")
+declare -A venv=([0.8]=.venv [0.33]=.venv-0.33)
 
-# The ComfyUI the pack is tested in: $COMFYUI_DIR, else ../shared/comfyui beside the clone, else a pinned
-# shallow clone of upstream's v0.8.0 in a cache folder of our own (made once, reused).
-comfyui_tag="v0.8.0"
-if [ -n "${COMFYUI_DIR:-}" ]; then
-  comfyui_dir=$COMFYUI_DIR
-elif [ -f ../shared/comfyui/main.py ]; then
-  comfyui_dir=../shared/comfyui
-else
-  cache=${XDG_CACHE_HOME:-$HOME/.cache}/comfyui-gpen-restore-tests
-  comfyui_dir=$cache/ComfyUI-$comfyui_tag
-  if [ ! -f "$comfyui_dir/main.py" ]; then
-    echo "Cloning ComfyUI $comfyui_tag into $comfyui_dir..."
-    mkdir -p "$cache"
-    rm -rf "$comfyui_dir.partial"
-    git clone --quiet --depth 1 --branch "$comfyui_tag" https://github.com/comfyanonymous/ComfyUI.git \
-      "$comfyui_dir.partial"
-    mv "$comfyui_dir.partial" "$comfyui_dir"  # only a complete clone gets the final name
+# The host's work tree: $COMFYUI_DIR_<version>, else ../shared beside the clone, else a pinned shallow clone of
+# upstream's tag in a cache folder of our own (made once, reused).
+host_dir() {
+  local host=$1 override_name="COMFYUI_DIR_${1//./_}"
+  if [ -n "${!override_name:-}" ]; then echo "${!override_name}"; return; fi
+  if [ -f "${shared[$host]}/main.py" ]; then echo "${shared[$host]}"; return; fi
+  local cache=${XDG_CACHE_HOME:-$HOME/.cache}/comfyui-gpen-restore-tests
+  local dir=$cache/ComfyUI-${tag[$host]}
+  if [ ! -f "$dir/main.py" ]; then
+    echo "Cloning ComfyUI ${tag[$host]} into $dir..." >&2
+    mkdir -p "$cache" && rm -rf "$dir.partial"
+    git clone --quiet --depth 1 --branch "${tag[$host]}" https://github.com/comfyanonymous/ComfyUI.git \
+      "$dir.partial" >&2 || return 1
+    mv "$dir.partial" "$dir"  # only a complete clone gets the final name
   fi
-fi
-comfyui_dir=$(cd "$comfyui_dir" && pwd)
-export COMFYUI_DIR=$comfyui_dir  # tests/comfy_host.py reads it
+  echo "$dir"
+}
 
-# ComfyUI's own requirements without its torch/torchvision/torchaudio lines: those would replace the registry
-# torch pair below (and no torchaudio matches torch 2.13.0; the image nodes do not need it).
-comfyui_requirements=$(grep -vE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;#].*)?$' \
-  "$comfyui_dir/requirements.txt")
-
-# torch and torchvision must be the registry's matching pair (a CPU-only local torch wheel has no torchvision).
-torch_pair="torch==2.13.0 torchvision==0.28.0"
-stamp="$venv/.gpen-test-stack"
-wanted="$torch_pair $(cat tests/requirements.txt - <<<"$comfyui_requirements" | sha256sum | cut -c1-16)"
-
-if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  echo "Setting up the test environment in $venv (first run: a few minutes, about 6 GB)..."
-  python3 -m venv "$venv"
+# The host's venv: its torch stack, then its own requirements less their torch lines (those would replace the
+# stack), with ours.
+make_venv() {
+  local host=$1 dir=$2 env=${venv[$1]}
+  local requirements
+  requirements=$(grep -vE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;#].*)?$' \
+    "$dir/requirements.txt")
+  local wanted stamp="$env/.gpen-test-stack"
+  wanted="${torch_stack[$host]} $(cat tests/requirements.txt - <<<"$requirements" | sha256sum | cut -c1-16)"
+  [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ] && return 0
+  echo "Setting up $env for ComfyUI $host (first run: a few minutes, about 6 GB)..."
+  python3 -m venv "$env" || return 1
   # --isolated: ignore machine-wide pip configuration, take packages from the registry as a user would.
-  pip_install=("$venv/bin/python" -m pip install --isolated --quiet --disable-pip-version-check)
-  "${pip_install[@]}" $torch_pair
-  "${pip_install[@]}" -r tests/requirements.txt -r /dev/stdin <<<"$comfyui_requirements"
+  local pip_install=("$env/bin/python" -m pip install --isolated --quiet --disable-pip-version-check)
+  "${pip_install[@]}" ${torch_stack[$host]} || return 1
+  "${pip_install[@]}" -r tests/requirements.txt -r /dev/stdin <<<"$requirements" || return 1
   echo "$wanted" > "$stamp"
-fi
+}
 
 # The frontend tests drive Debian's headless Chromium (Playwright never downloads a browser of its own here).
 chromium=/usr/lib/chromium/chromium-headless-shell
@@ -61,4 +65,13 @@ if [ ! -x "$chromium" ]; then
   fi
 fi
 
-exec "$venv/bin/python" -m pytest "$@"
+failed=()
+for host in ${GPEN_TEST_HOSTS:-0.8 0.33}; do
+  if [ -z "${tag[$host]:-}" ]; then echo "Unknown host '$host' in GPEN_TEST_HOSTS: use 0.8 and/or 0.33" >&2; exit 2; fi
+  echo "=== The suite on ComfyUI $host ==="
+  dir=$(host_dir "$host") && dir=$(cd "$dir" && pwd) && make_venv "$host" "$dir" \
+    || { echo "Could not set up ComfyUI $host (see above)" >&2; failed+=("$host (set-up)"); continue; }
+  COMFYUI_DIR=$dir "${venv[$host]}/bin/python" -m pytest "$@" || failed+=("$host")  # tests/comfy_host.py reads it
+done
+if [ ${#failed[@]} -gt 0 ]; then echo "Failed on ComfyUI: ${failed[*]}" >&2; exit 1; fi
+echo "Passed on ComfyUI: ${GPEN_TEST_HOSTS:-0.8 0.33}"
