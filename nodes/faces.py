@@ -11,7 +11,9 @@ from comfy_api.latest import io
 
 from ..face_utils import PasteSettings
 from ..face_utils.conversion import check_image_batch, frame_to_numpy, frames_to_image
+from ..face_utils.detection import FaceDetector
 from ..face_utils.face_set import DetectSettings, FaceSet
+from ..face_utils.landmark_faces import LandmarkFaces
 from ..face_utils.pipeline import RestoreFn, detect_faces, paste_back, restore_crop_batch, restore_image, warp_crops
 from ..face_utils.pixels import choose_pixels
 from ..face_utils.preview import draw_faces
@@ -55,6 +57,7 @@ class GPENDetectFaces(io.ComfyNode):
                 gpen_model: GpenModel | None = None, temporal_smoothing: float = 1.0, max_gap: int = 5,
                 detection_size: int = 0) -> io.NodeOutput:
         check_image_batch(image)
+        face_detector = face_source(face_detector)
         crop_size = gpen_model.size if gpen_model is not None else face_size
         settings = DetectSettings(crop_size=crop_size, template=template, score_threshold=score_threshold,
                                   order=order, index=face_index, max_faces=max_faces,
@@ -174,8 +177,8 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 "unchanged with an empty mask."),
             inputs=[
                 io.Image.Input("image", tooltip="The image or batch of frames whose faces to restore."),
-                model_input(), detector_input(), strength_input(), *selection_inputs(), template_input(), *paste_inputs(),
-                *tracking_inputs(),
+                model_input(), detector_input(), strength_input(), *selection_inputs(), template_input(),
+                *paste_inputs(), *tracking_inputs(),
             ],
             outputs=image_and_mask_outputs(),
         )
@@ -186,6 +189,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 max_faces, template, mask_shape, erosion, feather, color_correction, temporal_smoothing: float = 1.0,
                 max_gap: int = 5, detection_size: int = 0) -> io.NodeOutput:
         check_image_batch(image)
+        face_detector = face_source(face_detector)
         detect_settings = DetectSettings(crop_size=gpen_model.size, template=template, score_threshold=score_threshold,
                                          order=order, index=face_index, max_faces=max_faces,
                                          smoothing=temporal_smoothing, max_gap=max_gap,
@@ -207,6 +211,11 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
         log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()
         return io.NodeOutput(out.to(device), mask.to(device))
+
+
+def face_source(face_detector: FaceDetector | dict) -> FaceDetector:
+    """The `face_detector` socket's value as a detector: ours, or core ComfyUI's face landmarks (a dict) as one."""
+    return face_detector if isinstance(face_detector, FaceDetector) else LandmarkFaces(face_detector)
 
 
 def log_faces(node: type, faces: FaceSet, consequence: str) -> None:

@@ -12,10 +12,13 @@ from comfy_api.latest import io
 
 from ..face_utils import MASK_SHAPES, ORDERS, TEMPLATES, PasteSettings
 from ..gpen_arch.runner import DEFAULT_STRENGTH
+from .host import advanced, search_aliases
 
 GpenModelSocket = io.Custom("GPEN_MODEL")
 FaceDetectorSocket = io.Custom("FACE_DETECTOR")
 FacesSocket = io.Custom("GPEN_FACES")
+# Core ComfyUI's face landmarks (0.33: 'Detect Face Landmarks (MediaPipe)'), taken wherever a detector is.
+FaceLandmarksSocket = io.Custom("FACE_LANDMARKS")
 
 # Each node's display name, the one source of it: schemas, messages and tooltips all read it from here.
 TITLES = {
@@ -28,7 +31,16 @@ TITLES = {
 }
 CATEGORY = "image/restoration/GPEN"
 OUTPUT_SIZES = ("model", "input")  # restored crops at the model's size, or at the size they came in
-
+# What users type into the node search for these nodes, besides the titles (where the host takes aliases).
+_RESTORE_WORDS = ("face restore", "restore face", "face restoration", "restoration", "enhance face", "fix face")
+SEARCH_WORDS = {
+    "GPENModelLoader": ("face restore model", "face restoration model", "facerestore", "load gpen"),
+    "GPENFaceDetectorLoader": ("face detection", "retinaface", "yunet", "face detector"),
+    "GPENDetectFaces": ("face detection", "align faces", "face crop", "crop faces", "retinaface"),
+    "GPENRestoreFaces": _RESTORE_WORDS,
+    "GPENPasteFaces": ("paste face", "face paste back", "face mask", "uncrop face"),
+    "GPENRestoreFacesOneNode": (*_RESTORE_WORDS, "face swap fix", "video face restore"),
+}
 
 
 # Widgets several nodes share, so one setting looks and behaves the same everywhere (fresh objects per schema).
@@ -39,7 +51,7 @@ def face_size_input() -> io.Int.Input:
 
 
 def template_input() -> io.Combo.Input:
-    return io.Combo.Input("template", options=list(TEMPLATES), default="gpen", tooltip=(
+    return io.Combo.Input("template", options=list(TEMPLATES), default="gpen", **advanced(), tooltip=(
         "Where the eyes, nose and mouth land in the crop. 'gpen' is the template GPEN was trained with (keep it for "
         "GPEN); 'ffhq' is the one GFPGAN/CodeFormer and FaceFusion use, tighter around the face."))
 
@@ -56,7 +68,7 @@ def selection_inputs() -> list[io.Input]:
             "Which faces to restore: 'all', or ids in the chosen order separated by commas, e.g. '0' for the first "
             "(largest) face or '0,2'; '-1' is the last. In video frames an id follows the same person through "
             "the shot.")),
-        io.Int.Input("max_faces", default=0, min=0, max=64, tooltip=(
+        io.Int.Input("max_faces", default=0, min=0, max=64, **advanced(), tooltip=(
             "Restore at most this many faces (the first ids after face_index; in video, the same people in every "
             "frame). 0 = no limit.")),
     ]
@@ -64,14 +76,15 @@ def selection_inputs() -> list[io.Input]:
 
 def tracking_inputs() -> list[io.Input]:
     return [
-        io.Float.Input("temporal_smoothing", default=1.0, min=0.0, max=4.0, step=0.1, optional=True, tooltip=(
+        io.Float.Input("temporal_smoothing", default=1.0, min=0.0, max=4.0, step=0.1, optional=True, **advanced(),
+                       tooltip=(
             "For video frames: how strongly each face's landmarks are smoothed over time (a two-sided filter over "
             "the whole batch, so still faces stop jittering and moving faces do not lag; scene cuts are never "
             "smoothed across). 0 = off. Single images are unaffected.")),
-        io.Int.Input("max_gap", default=5, min=0, max=60, optional=True, tooltip=(
+        io.Int.Input("max_gap", default=5, min=0, max=60, optional=True, **advanced(), tooltip=(
             "For video frames: a face the detector misses for up to this many frames is still restored there, "
             "at a position interpolated from the frames around the gap (0 = never fill).")),
-        io.Int.Input("detection_size", default=0, min=0, max=8192, step=32, optional=True, tooltip=(
+        io.Int.Input("detection_size", default=0, min=0, max=8192, step=32, optional=True, **advanced(), tooltip=(
             "Long side of the copy the detector sees. 0 = full resolution (in overlapping tiles above 1920x1088), "
             "which finds 45-px faces in a 4000-px group photo; 1024 = the former setting, much faster on large "
             "images but misses faces under about 90 px there.")),
@@ -90,9 +103,9 @@ def paste_inputs() -> list[io.Input]:
             "Shape of the paste mask in the crop: 'ellipse' (face oval), 'box' (whole crop minus the erosion), or "
             "'parsing' (skin, eyes, nose, mouth and hair from a face-parsing network; downloads "
             "parsing_parsenet.pth into models/facedetection on first use).")),
-        io.Float.Input("erosion", default=PasteSettings.erosion, min=0.0, max=0.4, step=0.01, tooltip=(
+        io.Float.Input("erosion", default=PasteSettings.erosion, min=0.0, max=0.4, step=0.01, **advanced(), tooltip=(
             "Shrink the mask inward by this fraction of the crop size, so the crop's own border never shows.")),
-        io.Float.Input("feather", default=PasteSettings.feather, min=0.0, max=0.5, step=0.01, tooltip=(
+        io.Float.Input("feather", default=PasteSettings.feather, min=0.0, max=0.5, step=0.01, **advanced(), tooltip=(
             "Width of the soft mask edge as a fraction of the crop size; larger hides seams, smaller keeps more of "
             "the restored face.")),
         io.Boolean.Input("color_correction", default=True, tooltip=(
@@ -111,7 +124,11 @@ def model_input() -> io.Input:
 
 
 def detector_input() -> io.Input:
-    return FaceDetectorSocket.Input("face_detector", tooltip=f"From '{TITLES['GPENFaceDetectorLoader']}'.")
+    # One socket takes either face source; its name stays what saved workflows link to.
+    return io.MultiType.Input(FaceDetectorSocket.Input("face_detector", tooltip=(
+        f"From '{TITLES['GPENFaceDetectorLoader']}', or the face landmarks of core ComfyUI's 'Detect Face Landmarks "
+        "(MediaPipe)' node (its faces are taken as it chose them: score_threshold and detection_size do not apply).")),
+        types=[FaceLandmarksSocket])
 
 
 def title(node: type) -> str:
@@ -133,5 +150,5 @@ def named_errors(execute: Callable) -> Callable:
 
 
 def schema(node_id: str, **fields) -> io.Schema:
-    return io.Schema(node_id=node_id, display_name=TITLES[node_id], **fields)
+    return io.Schema(node_id=node_id, display_name=TITLES[node_id], **search_aliases(*SEARCH_WORDS[node_id]), **fields)
 

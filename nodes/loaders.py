@@ -14,6 +14,7 @@ from ..face_utils import DETECTORS, KNOWN_WEIGHTS, load_detector
 from ..gpen_arch.loader import model_size
 from ..gpen_arch.runner import PRECISIONS, GpenRunner, cpu_has_native_bf16
 from ..model_files.folders import COMFYUI_WHERE_TO_GET, RESTORE_FOLDER, preferred_model
+from .host import advanced, loaders_category
 from .inputs import TITLES, FaceDetectorSocket, GpenModelSocket, named_errors, schema
 from .models import NO_MODELS, GpenModel, gpen_run_device, model_path, model_paths, weights_dir
 
@@ -25,7 +26,7 @@ class GPENModelLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         paths = model_paths()
         return schema(
-            "GPENModelLoader", category="loaders",
+            "GPENModelLoader", category=loaders_category(),
             description=(
                 "Loads a GPEN face-restoration model (GPEN-BFR-256/512/1024/2048, .pth/.pt/.safetensors/.onnx) from "
                 "models/facerestore_models. The model's size is read from the weights. ComfyUI's model management "
@@ -40,7 +41,7 @@ class GPENModelLoader(io.ComfyNode):
                     "BF16, AMX), fp32 on other CPUs. fp32 is full IEEE precision "
                     "on every device (TF32 is off while GPEN runs), slower and twice the memory. .onnx models "
                     "always run in fp32.")),
-                io.Boolean.Input("compile", default=False, tooltip=(
+                io.Boolean.Input("compile", default=False, **advanced(), tooltip=(
                     "Compile the network with torch.compile: the first run takes minutes, later runs of the same "
                     "size are faster. Needs Triton on NVIDIA GPUs, a C++ compiler on the CPU. Ignored for .onnx.")),
             ],
@@ -85,7 +86,7 @@ class GPENFaceDetectorLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return schema(
-            "GPENFaceDetectorLoader", category="loaders",
+            "GPENFaceDetectorLoader", category=loaders_category(),
             description=(
                 "Loads a face detector: RetinaFace ResNet-50 (most accurate, upstream GPEN's choice), RetinaFace "
                 "MobileNet-0.25 (fast) or YuNet (tiny, CPU). Weights are taken from models/facedetection, or "

@@ -107,3 +107,24 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if not line.startswith("[")]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
+
+
+def face_mesh(points: np.ndarray, *, swap_sides: bool = False) -> np.ndarray:
+    """A MediaPipe Face Mesh [478, 2] holding five (x, y) points (LANDMARK_NAMES order) at the indices core's face
+    landmarks are read at, the rest far away (so reading any other index shows); `swap_sides` gives each pair
+    MediaPipe's other naming (the subject's left first)."""
+    from comfyui_gpen_restore.face_utils.landmark_faces import EYES, MESH_POINTS, MOUTH_CORNERS, NOSE_TIP
+
+    mesh = np.full((MESH_POINTS, 2), -1000.0)
+    eyes, mouth = (EYES[::-1], MOUTH_CORNERS[::-1]) if swap_sides else (EYES, MOUTH_CORNERS)
+    mesh[list(eyes)], mesh[NOSE_TIP], mesh[list(mouth)] = points[:2], points[2], points[3:]
+    return mesh
+
+
+def face_landmarks(faces_by_frame: list[list[FaceRecord]], image_hw: tuple[int, int]) -> dict:
+    """The FACE_LANDMARKS payload core ComfyUI's MediaPipe node would give for these faces: pixels with the image
+    edge at 0 (ours have the first pixel's centre there, hence + 0.5), the box and the detector's score."""
+    frames = [[{"landmarks_xy": face_mesh(np.asarray(f.landmarks_xy)) + 0.5,
+                "bbox_xyxy": np.asarray(f.box_xyxy, np.float32) + 0.5, "score": f.score, "presence": 5.0,
+                "blendshapes": {}} for f in faces] for faces in faces_by_frame]
+    return {"frames": frames, "image_size": image_hw, "connection_sets": {}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import DETECTOR, DETECTOR_FILE, image_batch, save_gpen
+from support import DETECTOR, DETECTOR_FILE, face_landmarks, image_batch, save_gpen
 
 import comfyui_gpen_restore
 from comfyui_gpen_restore.face_utils import FaceRecord
@@ -159,6 +160,34 @@ def test_schema_is_valid_and_keeps_what_saved_workflows_use(nodes, models, node_
     assert all(info["output_tooltips"])
 
 
+def host_version() -> tuple[int, int]:
+    return tuple(int(p) for p in importlib.import_module("comfyui_version").__version__.split(".")[:2])
+
+
+# Expert settings of the one-node restore, folded away where the host can (0.33: "Show advanced inputs").
+ADVANCED = {"max_faces", "template", "erosion", "feather", "temporal_smoothing", "max_gap", "detection_size"}
+
+
+def test_the_nodes_use_what_the_host_offers(nodes, models):
+    """On 0.33 and later: loaders beside core's, search aliases, expert inputs marked advanced; on 0.8.0 the same
+    nodes load without them (its API takes neither keyword). Decided from the host's version here, independently
+    of how the pack detects the features."""
+    new_host = host_version() >= (0, 33)
+    infos = {cls.GET_SCHEMA().node_id: cls.GET_NODE_INFO_V1() for cls in node_list(nodes)}
+    core_loaders = importlib.import_module("nodes").CheckpointLoaderSimple.CATEGORY  # ComfyUI's own nodes.py
+    assert core_loaders == ("model/loaders" if new_host else "loaders")
+    assert infos["GPENModelLoader"]["category"] == infos["GPENFaceDetectorLoader"]["category"] == core_loaders
+    one_node_inputs = {name: spec[1] for section in infos["GPENRestoreFacesOneNode"]["input"].values()
+                       for name, spec in section.items() if len(spec) > 1}
+    advanced = {name for name, options in one_node_inputs.items() if options.get("advanced")}
+    assert advanced == (ADVANCED if new_host else set())
+    for node_id, info in infos.items():
+        aliases = info.get("search_aliases") or []
+        assert bool(aliases) == new_host, node_id
+    if new_host:
+        assert {"face restore", "restoration"} <= set(infos["GPENRestoreFacesOneNode"]["search_aliases"])
+
+
 def test_messages_and_tooltips_name_only_nodes_that_exist(nodes, models):
     texts = []
     for cls in node_list(nodes):
@@ -287,6 +316,31 @@ def test_one_node_equals_the_separate_nodes(nodes, model, detector, grace):
     together, together_mask = one_node(nodes, image, model, detector)
     torch.testing.assert_close(together, separate, atol=SAME_ROUTE_TOLERANCE, rtol=0)
     torch.testing.assert_close(together_mask, separate_mask, atol=SAME_ROUTE_TOLERANCE, rtol=0)
+
+
+def test_core_face_landmarks_restore_as_the_detector_does(nodes, model, detector, grace):
+    """Core ComfyUI's FACE_LANDMARKS in the detector's socket: the same faces give the same crops, records and
+    restored picture, through the separate nodes and the one-node restore."""
+    image = image_batch(grace, grace[:, ::-1].copy())
+    crops, faces, _ = detect(nodes, image, detector, model)
+    by_frame = [[f for f in faces if f.frame_index == i] for i in range(2)]
+    landmarks = face_landmarks(by_frame, grace.shape[:2])
+    given_crops, given_faces, _ = detect(nodes, image, landmarks, model)
+    assert len(given_faces) == 2 and given_faces.detector != faces.detector
+    torch.testing.assert_close(given_crops, crops, atol=SAME_ROUTE_TOLERANCE, rtol=0)
+    together, _ = one_node(nodes, image, model, detector)
+    given, _ = one_node(nodes, image, model, landmarks)
+    torch.testing.assert_close(given, together, atol=SAME_ROUTE_TOLERANCE, rtol=0)
+
+
+def test_the_face_socket_takes_core_comfyuis_landmark_type(nodes, models):
+    """The type name is core's own where the host has its face nodes (0.33 and later), so their output links."""
+    for cls in (nodes.GPENDetectFaces, nodes.GPENRestoreFacesOneNode):
+        info = cls.GET_NODE_INFO_V1()
+        assert info["input"]["required"]["face_detector"][0].split(",") == ["FACE_DETECTOR", "FACE_LANDMARKS"]
+    if host_version() >= (0, 33):
+        core = importlib.import_module("comfy_extras.nodes_mediapipe")
+        assert core.MediaPipeFaceLandmarker.GET_SCHEMA().outputs[0].get_io_type() == "FACE_LANDMARKS"
 
 
 def test_no_face_never_runs_gpen_and_the_log_names_the_detector(nodes, model, detector, monkeypatch, caplog):
