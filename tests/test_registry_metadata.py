@@ -90,7 +90,8 @@ def test_comfyignore_keeps_development_files_out_of_the_package():
         assert any(path.startswith(folder) for path in tracked)
         assert not [path for path in published if path.startswith(folder)], folder
     for needed in ("__init__.py", "nodes/__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE",
-                   "restore_faces.py", "face_utils/weights.py", "gpen_arch/model.py", "workflows/restore_photo.json"):
+                   "restore_faces.py", "face_utils/weights.py", "gpen_arch/model.py",
+                   "workflows/GPEN restore a photo.json", "subgraphs/GPEN restore faces.json"):
         assert needed in published, needed
     assert sum(path.startswith("workflows/") for path in published) == sum(
         path.startswith("workflows/") for path in tracked)
