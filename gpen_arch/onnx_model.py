@@ -18,7 +18,8 @@ VALID_SIZES = tuple(2**n for n in range(3, 12))  # 8 .. 2048, as GPEN itself
 
 class OnnxGPEN(nn.Module):
     """Runs a GPEN `.onnx` graph with onnxruntime. `forward(x)`: `[B, 3, S, S]` RGB in [-1, 1], any batch size,
-    device and float dtype; the result comes back on `x`'s device and dtype.
+    device and float dtype; the result comes back on `x`'s device and dtype, written by onnxruntime straight into
+    torch memory on the device it ran on.
 
     The graph is checked once at construction (one input and one output of shape [N, 3, S, S]); sessions are
     made once per device and reused, on that CUDA device when the input is there and onnxruntime can use it (the
@@ -47,7 +48,7 @@ class OnnxGPEN(nn.Module):
                 f"[N, 3, S, S] (S a power of two up to 2048), found {found}."
             )
         self.size = int(size)
-        self.input_name = inputs[0].name
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
         # Graphs exported with a fixed batch of 1 (the published ones) are run one face at a time.
         self.fixed_batch = shapes[0][0] if isinstance(shapes[0][0], int) else None
 
@@ -98,13 +99,23 @@ class OnnxGPEN(nn.Module):
                 f"resize the face crops to {self.size}x{self.size} first"
             )
         session = self._session(x.device)
-        batch = x.detach().to("cpu", torch.float32).numpy()
+        # onnxruntime reads and writes torch's own memory (I/O binding): a batch on the GPU never goes through
+        # host memory, and on the CPU nothing is copied into or out of numpy.
+        on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
+        device = x.device if on_gpu else torch.device("cpu")
+        batch = x.detach().to(device, torch.float32).contiguous()
+        out = torch.empty_like(batch)  # the graph's output is [N, 3, S, S] like its input (checked when loaded)
+        if on_gpu:
+            torch.cuda.synchronize(device)  # torch's writes of `batch` are done before onnxruntime's stream reads
         step = self.fixed_batch or len(batch)
-        outputs = [
-            session.run(None, {self.input_name: batch[start : start + step]})[0]
-            for start in range(0, len(batch), step)
-        ]
-        return torch.from_numpy(np.concatenate(outputs)).to(x.device, x.dtype)
+        for start in range(0, len(batch), step):
+            binding = session.io_binding()
+            for bind, name, tensor in ((binding.bind_input, self.input_name, batch[start : start + step]),
+                                       (binding.bind_output, self.output_name, out[start : start + step])):
+                bind(name, device.type, device.index or 0, np.float32, list(tensor.shape), tensor.data_ptr())
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+        return out.to(x.device, x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.path.name}, size={self.size}"
