@@ -27,10 +27,6 @@ from .stripes import (
 )
 
 SIZES = (64, 128, 256, 512, 1024, 2048)  # every resolution the channel table below covers from 4x4 up
-# From this size on, the faces of a batch run one after another: one 2048-px face already fills any device, and
-# batching only multiplies the activation memory (measured on CPU: batch 2 took 11 % longer per face than batch 1
-# at 2048 px, while at 512 and 1024 px it is a little faster).
-SEQUENTIAL_FROM_SIZE = 2048
 # When the decoder's top is banded, this many of the encoder's top outputs are computed on request, band by
 # band, from the input image (ecd0 and ecd1: for GPEN-2048 the 0.25 GB and 0.125 GB features, and the blurred
 # copies of them the next stages would make, never exist whole; recomputing them costs about 2.5 % more FLOPs).
@@ -189,11 +185,12 @@ class GPEN(nn.Module):
                 f"GPEN-{self.size} expects a [B, 3, {self.size}, {self.size}] tensor, got {list(x.shape)}; "
                 f"resize the face crops to {self.size}x{self.size} first"
             )
-        if x.shape[0] > 1 and self.size >= SEQUENTIAL_FROM_SIZE:
-            return torch.cat([self(x[index : index + 1]) for index in range(x.shape[0])])
         # Channels-last throughout: oneDNN and cuDNN run these convolutions several times faster in it, and the
         # 1x1 ToRGB becomes a plain matrix product (see layers.ToRGB).
-        band_rows = self.generator.band_rows(x.element_size())
+        # Bands keep the CPU's memory small and its pages warm (see stripes.py). A GPU's caching allocator already
+        # reuses its memory, and there bands would run a batch's faces one by one and make a compiled network
+        # recompile for every face count: on a GPU the network runs whole, the batch together.
+        band_rows = self.generator.band_rows(x.element_size()) if x.device.type == "cpu" else None
         features = self.encode(x, band_rows)
         # The latent path is tiny and runs in fp32 whatever the network's dtype (no fp16 overflow there).
         latent = self.final_linear(features[-1].flatten(1).float())

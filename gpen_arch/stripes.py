@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from .layers import EncoderBlock, StyledConv, ToRGB, empty_like_layout
 
 # Bytes of one band's widest activation (2 x channels x rows x width): below glibc's largest mmap threshold
-# (32 MiB), so band buffers are recycled by the allocator instead of being faulted in afresh each time.
+# (32 MiB), so band buffers are recycled by the allocator instead of being faulted in afresh each time. Bands run
+# on the CPU only (GPEN.forward): a GPU's caching allocator recycles whole activations as well.
 STRIPE_BYTES = 16 * 2**20
 # Decoder resolutions computed as one pipeline of bands (the top one and the two below it): GPEN-2048's 1024-px
 # and 512-px activations (0.25 and 0.125 GB, plus the up-convs' temporaries) then never exist whole either.

@@ -9,7 +9,7 @@ import torch
 
 from comfyui_gpen_restore.gpen_arch import GPEN, infer_config, load_gpen
 from comfyui_gpen_restore.gpen_arch.layers import fir_kernel
-from support import PARITY_TOLERANCE, REORDER_TOLERANCE
+from support import PARITY_TOLERANCE, REORDER_TOLERANCE, SMALL_GPEN
 
 CASES = (64, 128, 256)
 CONFIG_KEYS = ("size", "style_dim", "n_mlp", "channel_multiplier", "narrow")
@@ -166,17 +166,52 @@ def test_stripe_rows_fit_the_budget():
     assert stripe_rows(32, 2048, 1, 4, stripe_bytes=1) == 8  # never below 8 rows
 
 
-def test_large_models_run_batch_items_one_after_another(fixtures_dir, monkeypatch):
+def test_large_models_run_faces_one_at_a_time_on_every_device():
+    from comfyui_gpen_restore.gpen_arch import GpenRunner
+
+    with torch.device("meta"):  # shapes only: a 2048-px GPEN without its memory
+        runners = {size: GpenRunner(GPEN(size=size, **SMALL_GPEN), name=f"GPEN-{size}") for size in (512, 2048)}
+    cuda, plenty = torch.device("cuda"), 2**40
+    assert runners[2048].batch_size_for(plenty, faces=8, device=cuda) == 1
+    assert runners[512].batch_size_for(plenty, faces=8, device=cuda) == 8
+    assert runners[512].batch_size_for(plenty, faces=8, device=torch.device("cpu")) == 1
+
+
+def test_bands_are_for_the_cpu_and_a_gpu_runs_the_batch_whole(monkeypatch):
+    """On the CPU the top resolutions run in bands (memory, page faults); elsewhere the network runs whole, the
+    batch together (bands would run its faces one by one). The meta device stands in for a GPU: shapes only."""
     from comfyui_gpen_restore.gpen_arch import model as gpen_model
 
-    model, io = load_case(fixtures_dir, 64)
-    monkeypatch.setattr(gpen_model, "SEQUENTIAL_FROM_SIZE", 64)  # as GPEN-2048 does
     calls = []
-    model.ecd0.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
-    with torch.no_grad():
-        out = model(io["input"])
-    assert calls == [1, 1]
-    assert (out - io["output"]).abs().max().item() <= PARITY_TOLERANCE
+    real = gpen_model.decode_in_bands
+    monkeypatch.setattr(gpen_model, "decode_in_bands", lambda *args: calls.append(args[1].shape[0]) or real(*args))
+    torch.manual_seed(0)
+    model = GPEN(size=64, style_dim=32, n_mlp=1, channel_multiplier=1, narrow=0.25).eval()
+    model.generator.stream_from_bytes, model.generator.stripe_bytes = 0, 1
+    with torch.inference_mode():
+        assert model(torch.rand(2, 3, 64, 64) * 2 - 1).shape == (2, 3, 64, 64)
+        assert calls == [2]
+        model.to("meta")
+        assert model(torch.rand(2, 3, 64, 64, device="meta")).shape == (2, 3, 64, 64)
+    assert calls == [2]
+
+
+@pytest.mark.slow
+def test_a_compiled_gpen_runs_any_face_count_in_at_most_two_graphs():
+    """One graph for a single face (its styles fold into the weights) and one for every other count: a compiled
+    GPEN must not recompile for each number of faces a frame brings (it once hit the recompile limit on the first
+    video, when bands of batch-dependent height ran its faces one by one). Dynamo's eager backend: tracing and
+    guards as in a real compile, without code generation."""
+    from comfyui_gpen_restore.gpen_arch import GpenRunner
+
+    torch.manual_seed(0)
+    runner = GpenRunner(GPEN(size=16, style_dim=32, n_mlp=1, channel_multiplier=1, narrow=0.25), name="tiny")
+    runner.module.compile(backend="eager")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for faces in (1, 2, 3, 5, 4, 1):
+        runner.restore(torch.rand(faces, 16, 16, 3), device=torch.device("cpu"), batch_size=8)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
 
 
 def test_fp32_runs_without_tf32_and_leaves_the_flags_as_it_found_them(monkeypatch):
