@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..face_utils.choices import DEFAULT_EROSION, DEFAULT_FEATHER, DEFAULT_MAX_GAP, DETECTORS, MASK_SHAPES
 from ..face_utils.choices import ORDERS, TEMPLATES
-from ..gpen_arch.choices import DEFAULT_STRENGTH, PRECISIONS
+from ..gpen_arch.choices import DEFAULT_STRENGTH, LUMINANCES, PRECISIONS, TASKS
 from ..model_files.errors import MissingDependencyError, UnsupportedCheckpointError
 from ..model_files.folders import DETECTION_FOLDER, DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models
 from ..model_files.folders import folder_with_file, preferred_model
@@ -89,10 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detection-size", type=int, default=0,
                         help="long side in pixels of the copy the detector sees; 0 = full resolution, in tiles "
                         "above 1920x1088 (finds small faces); 1024 is faster on large images")
-    parser.add_argument("--model", "-m", type=Path,
+    parser.add_argument("--model", "-m", type=Path, nargs="+", metavar="PATH",
                         help="GPEN weights (.pth/.pt/.safetensors/.onnx; the size is read from the weights); "
                         "default: the largest GPEN found in ./models/facerestore_models, the ComfyUI this pack is "
-                        "in, or ~/ComfyUI/models")
+                        "in, or ~/ComfyUI/models. Several run one after another on each face, e.g. GPEN-BFR-2048 "
+                        "then GPEN-Colorization-1024 to restore an old portrait and colourise it")
+    parser.add_argument("--task", nargs="+", choices=("auto", *TASKS), default=["auto"],
+                        help="what each --model does (one per model): restore, colourise or repair; auto guesses "
+                        "from the file name ('color'/'colour' colourises, 'inpaint'/'repair' repairs)")
+    parser.add_argument("--luminance", choices=LUMINANCES, default="keep",
+                        help="colourised faces: keep their own luminance (they gain colour, never lose detail) or "
+                        "take the model's whole output")
     parser.add_argument("--aligned", action="store_true",
                         help="inputs are already aligned face crops: restore each whole image, no detection; each "
                         "is written at the model's size (for example 512x512 for GPEN-BFR-512)")
@@ -138,7 +145,8 @@ def main(argv: Sequence[str] | None = None, *, script_dir: Path | None = None) -
 def _run(args: argparse.Namespace, script_dir: Path) -> int:
     """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
     GPEN's, a library not installed) become `CommandLineError`s."""
-    jobs, sequences = plan_all(args)  # before any heavy import: a wrong path is reported at once
+    model_tasks(args)  # the options first, then the paths, all before any heavy import
+    jobs, sequences = plan_all(args)  # a wrong path is reported at once
     # Imports torch: deferred until the paths are known to be good.
     from ..face_utils.weights import WeightsUnavailableError
 
@@ -146,6 +154,16 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         return _restore(args, jobs, sequences, script_dir)
     except (UnsupportedCheckpointError, MissingDependencyError, WeightsUnavailableError, FileNotFoundError) as exc:
         raise CommandLineError(str(exc)) from exc
+
+
+def model_tasks(args: argparse.Namespace) -> list[str]:
+    """The --task of each --model (one --task auto stands for all)."""
+    models = len(args.model) if args.model else 1
+    tasks = args.task * models if args.task == ["auto"] else args.task
+    if len(tasks) != models:
+        raise CommandLineError(f"--task names {len(tasks)} task(s) for {models} --model file(s): give one per "
+                               "model, in the same order, or leave it out (auto)")
+    return tasks
 
 
 def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob | SequenceJob],
@@ -172,18 +190,20 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     if any(isinstance(job, VideoJob) for job in sequences):
         import_av()  # a missing PyAV is a setup error, found before anything is loaded
     roots = model_roots(script_dir)
-    model_path = args.model or default_model(roots)
-    check_model_path(model_path)
+    model_paths = args.model or [default_model(roots)]
+    for model_path in model_paths:
+        check_model_path(model_path)
+    tasks = model_tasks(args)
     # Where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
     model_advice = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
     progress = ProgressLine(len(jobs))
-    session = restore.Session.start(args, model_path, device, model_advice, detect_settings, paste_settings,
-                                    progress)
+    session = restore.Session.start(args, list(zip(model_paths, tasks)), device, model_advice, detect_settings,
+                                    paste_settings, progress)
     if args.aligned:
         failures = restore.restore_aligned(session, jobs)
     else:
         def weights_dir(weights: str) -> Path:
-            return args.detector_dir or default_detector_dir(roots, model_path, weights)
+            return args.detector_dir or default_detector_dir(roots, model_paths[0], weights)
 
         faces = restore.Faces.load(session, args.detector, weights_dir(args.detector),
                                    weights_dir("parsenet") if args.mask_shape == "parsing" else None)

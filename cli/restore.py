@@ -25,7 +25,8 @@ from ..face_utils.detectors import load_detector
 from ..face_utils.parsing import FaceParser, load_face_parser
 from ..face_utils.paste import PasteSettings
 from ..face_utils.pixels import Pixels, choose_pixels
-from ..gpen_arch.runner import CropShapeError, GpenRunner, cpu_has_native_bf16
+from ..gpen_arch.choices import guess_task
+from ..gpen_arch.runner import CropShapeError, GpenRunner, cpu_has_native_bf16, resize_crops, with_luminance
 from . import frame_jobs
 from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
 from .image_files import ImageFileError, read_image, write_image
@@ -37,38 +38,68 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Session:
-    """What every job of one run shares: the model on its device, the settings, the progress line."""
+    """What every job of one run shares: the models on their device (applied in order to each face), the
+    settings, the progress line."""
 
-    runner: GpenRunner
+    runners: list[GpenRunner]
     device: torch.device
     strength: float
+    luminance: str
     detect_settings: DetectSettings
     paste_settings: PasteSettings
     progress: ProgressLine
 
     @classmethod
-    def start(cls, args: argparse.Namespace, model_path: Path, device: torch.device, model_advice: str,
-              detect_settings: DetectSettings, paste_settings: PasteSettings,
+    def start(cls, args: argparse.Namespace, models: list[tuple[Path, str]], device: torch.device,
+              model_advice: str, detect_settings: DetectSettings, paste_settings: PasteSettings,
               progress: ProgressLine) -> Session:
-        runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile,
-                                 where_to_get=model_advice, **_half_support(device))
-        if not runner.is_onnx:
-            runner.module.to(device)
-        logger.info("%r from %s on %s", runner, model_path, device)
-        progress.report(f"{model_path.name}: GPEN-{runner.size} in {runner.precision} on {device}")
-        # The model's size replaces the crop size now that it is known.
-        detect_settings = dataclasses.replace(detect_settings, crop_size=runner.size)
-        return cls(runner, device, args.strength, detect_settings, paste_settings, progress)
+        runners = []
+        for model_path, task in models:
+            chosen = guess_task(model_path.name) if task == "auto" else task
+            runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile,
+                                     where_to_get=model_advice, task=chosen, **_half_support(device))
+            if not runner.is_onnx:
+                runner.module.to(device)
+            logger.info("%r from %s on %s", runner, model_path, device)
+            # The task is named unless it is the usual one, guessed: restoring.
+            job = "" if (task, chosen) == ("auto", "restore") else f" to {chosen}" + (
+                " (guessed from the file name; --task to change)," if task == "auto" else ",")
+            progress.report(f"{model_path.name}: GPEN-{runner.size}{job} in {runner.precision} on {device}")
+            runners.append(runner)
+        # The first model's size replaces the crop size now that it is known: later ones work at that size.
+        detect_settings = dataclasses.replace(detect_settings, crop_size=runners[0].size)
+        if any(runner.task == "colourise" for runner in runners):
+            # The picture's own luminance is kept only when no model before changed it (a restoration's detail).
+            keep = args.luminance == "keep" and all(runner.task == "colourise" for runner in runners)
+            paste_settings = paste_settings.for_colourised(keep_luminance=keep)
+        return cls(runners, device, args.strength, args.luminance, detect_settings, paste_settings, progress)
+
+    @property
+    def size(self) -> int:
+        """The side of the crops the run works on (the first model's)."""
+        return self.runners[0].size
 
     def restore(self, crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
-        """GPEN on crops `[n, S, S, C]`, the result on the crops' device; counts each face on the progress line."""
+        """The models in turn on crops `[n, S, S, C]`, the result at the first model's size on the crops' device;
+        counts each face on the progress line."""
 
         def face_done() -> None:
             on_face()
             self.progress.face()
 
-        return self.runner.restore(crops, device=self.device, strength=self.strength, on_face=face_done,
-                                   output_device=crops.device)
+        for position, runner in enumerate(self.runners):
+            last = position == len(self.runners) - 1
+            restored = runner.restore(crops, device=self.device, strength=self.strength,
+                                      on_face=face_done if last else None, output_device=crops.device,
+                                      luminance=self.luminance)
+            if position and restored.shape[1] != crops.shape[1]:
+                # A later model of another size: back to the run's crop size, a colourised face on the luminance
+                # of the face it was given (upstream's colouriser does the same when sizes differ).
+                restored = resize_crops(restored, crops.shape[1])
+                if runner.task == "colourise" and self.luminance == "keep":
+                    restored = with_luminance(restored, crops[..., :3])
+            crops = restored
+        return crops
 
 
 @dataclass
@@ -90,7 +121,7 @@ class Faces:
 def restore_aligned(session: Session, jobs: Sequence[Job]) -> list[str]:
     """`--aligned`: each image is one face crop, restored whole and written at the model's size."""
     failures = []
-    size = session.runner.size
+    size = session.size
     for job in jobs:
         try:
             image, depth = read_image(job.source)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .images import ensure_hwc
+from .images import LUMA_WEIGHTS_RGB, ensure_hwc
 
 # Colour correction compares restored and original colour averaged over a Gaussian of this standard deviation
 # (fraction of the crop side): wide enough to ignore detail the restorer adds (pores, lashes, sharp edges),
@@ -26,6 +26,23 @@ COLOR_STATS_SIGMA = 0.03
 # Limits of the per-channel contrast gain colour correction may apply: wide enough for strong casts, narrow
 # enough that a flat restored face is not blown up to noise.
 COLOR_GAIN_RANGE = (0.5, 2.0)
+
+
+def with_luminance(restored: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`restored`'s colour on `reference`'s luminance, [h, w, 3] in 0..1 (a grey [h, w, 1] `restored` has no colour
+    to give: `reference` comes back). Each pixel is `reference`'s luma plus `restored`'s chroma (its difference
+    from its own luma, which has luma 0), the chroma shrunk towards grey only where the sum would leave 0..1: the
+    luma is `reference`'s exactly, whatever the colour (swapping Y and clipping, as upstream does, moves it in
+    saturated pixels)."""
+    if restored.shape[-1] != 3:
+        return reference.copy()
+    luma = (reference @ LUMA_WEIGHTS_RGB)[..., None]  # Rec. 601, the Y of upstream's YUV colourisation
+    chroma = restored - (restored @ LUMA_WEIGHTS_RGB)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(chroma > 0, (1 - luma) / chroma, np.where(chroma < 0, -luma / chroma, np.inf))
+    share = np.clip(room.min(axis=-1, keepdims=True), 0.0, 1.0)
+    # (The clip only removes float rounding at the range's ends.)
+    return np.clip(luma + share * chroma, 0.0, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from .alignment import INTERPOLATIONS
 from .choices import DEFAULT_EROSION, DEFAULT_FEATHER, MASK_SHAPES
-from .colour import ColourStats, colour_apply, colour_stats
+from .colour import ColourStats, colour_apply, colour_stats, with_luminance
 from .images import check_image, colour_channels, convert_channels, ensure_hwc
 from .parsing import PARSE_SIZE, FaceParser
 from .records import FaceRecord
@@ -55,6 +55,9 @@ class PasteSettings:
             mask (a per-channel mean/contrast match over the face, then a smooth local mean match), which removes
             colour casts and the visible edge they make; the detail the restorer added is kept.
         interpolation: resampler for the inverse warp: "cubic" (default), "lanczos" or "linear".
+        keep_luminance: paste only the restored face's colour and keep the picture's own luminance exactly (for
+            colourised faces: the face gains colour and never loses the original's detail). Colour correction,
+            which would pull the colour back to the original's, is then not applied.
     """
 
     mask_shape: str = "ellipse"
@@ -63,6 +66,12 @@ class PasteSettings:
     opacity: float = 1.0
     color_correction: bool = True
     interpolation: str = "cubic"
+    keep_luminance: bool = False
+
+    def for_colourised(self, keep_luminance: bool) -> PasteSettings:
+        """These settings for faces a model colourised: no colour correction (the original's colour, often none,
+        would pull theirs back), the picture's own luminance kept exactly when `keep_luminance`."""
+        return replace(self, color_correction=False, keep_luminance=keep_luminance)
 
     def __post_init__(self) -> None:
         if self.mask_shape not in MASK_SHAPES:
@@ -250,7 +259,7 @@ def _prepare_one(
     restored = convert_channels(_warp_crop_to_region(crop, crop_from_region, (y1 - y0, x1 - x0), settings), channels)
     face_side_px = side / affine_scale(crop_from_region)
     colour = None
-    if settings.color_correction:
+    if settings.color_correction and not settings.keep_luminance:
         colour = colour_stats(original[y0:y1, x0:x1, :channels], restored, mask, face_side_px)
     return PreparedFace(face, (y0, y1, x0, x1), mask, restored, face_side_px, colour)
 
@@ -274,7 +283,10 @@ def _blend_one(
     channels = colour_channels(result)
     current = result[y0:y1, x0:x1, :channels]
     restored = face.restored
-    if colour is not None:
+    if settings.keep_luminance:
+        # Luma is linear in RGB: a target with the original's luma stays on it through every blend below.
+        restored = with_luminance(restored, original[y0:y1, x0:x1, :channels])
+    elif colour is not None:
         reference = original[y0:y1, x0:x1, :channels]
         own = face.colour
         if colour is not own and own is not None:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..gpen_arch.runner import with_luminance
 from .alignment import BORDERS, source_rectangle
 from .colour import (
     COLOR_CORRECTION_GRID,
@@ -143,7 +144,7 @@ def _prepare_one(
     restored = _convert_channels(warped, channels)
     face_side_px = side / affine_scale(crop_from_region)
     colour = None
-    if settings.color_correction:
+    if settings.color_correction and not settings.keep_luminance:
         colour = _colour_stats(original[y0:y1, x0:x1, :channels], restored, mask, face_side_px)
     return PreparedFace(face, (y0, y1, x0, x1), mask, restored, face_side_px, colour)
 
@@ -161,7 +162,9 @@ def _blend_one(
     current = result[y0:y1, x0:x1, :channels]
     original_region = original[y0:y1, x0:x1, :channels]
     restored = face.restored
-    if colour is not None:
+    if settings.keep_luminance:
+        restored = with_luminance(restored, original_region) if restored.shape[-1] == 3 else original_region
+    elif colour is not None:
         reference = original_region
         own = face.colour
         if colour is not own and own is not None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .choices import DEFAULT_STRENGTH, PRECISIONS
+from .choices import DEFAULT_STRENGTH, LUMINANCES, PRECISIONS, TASKS
 from .config import WHERE_TO_GET
 from .loader import load_gpen
 from .model import GPEN, channel_table
@@ -81,9 +81,14 @@ class GpenRunner:
     there.
     """
 
-    def __init__(self, module: nn.Module, *, name: str, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, module: nn.Module, *, name: str, dtype: torch.dtype = torch.float32,
+                 task: str = "restore") -> None:
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}")
         self.module = module.eval()
         self.name = name
+        # What the model was trained to do (see choices.TASKS): a colourising model is fed grey faces.
+        self.task = task
         self.size = int(module.size)
         self.is_onnx = not isinstance(module, GPEN)
         self.dtype = torch.float32 if self.is_onnx else dtype
@@ -93,14 +98,14 @@ class GpenRunner:
     @classmethod
     def load(
         cls, path: str | Path, *, precision: str = "auto", fp16_ok: bool = False, bf16_ok: bool = False,
-        compile: bool = False, where_to_get: str = WHERE_TO_GET,
+        compile: bool = False, where_to_get: str = WHERE_TO_GET, task: str = "restore",
     ) -> GpenRunner:
-        """Load `path` with `load_gpen` and set it up to run in `precision` (see `choose_dtype`); `compile`
-        applies `torch.compile`. For an `.onnx` file both are ignored (logged when asked for): it runs in fp32.
-        `where_to_get` replaces `load_gpen`'s advice in refusals (see there)."""
+        """Load `path` with `load_gpen` and set it up to run in `precision` (see `choose_dtype`) for `task`;
+        `compile` applies `torch.compile`. For an `.onnx` file both are ignored (logged when asked for): it runs
+        in fp32. `where_to_get` replaces `load_gpen`'s advice in refusals (see there)."""
         path = Path(path)
         dtype = choose_dtype(precision, fp16_ok=fp16_ok, bf16_ok=bf16_ok)
-        runner = cls(load_gpen(path, where_to_get=where_to_get), name=path.name, dtype=dtype)
+        runner = cls(load_gpen(path, where_to_get=where_to_get), name=path.name, dtype=dtype, task=task)
         if runner.is_onnx and (precision not in ("auto", "fp32") or compile):
             logger.warning("%s is an ONNX model and runs in fp32 through onnxruntime; precision %s and compile "
                            "ignored", path.name, precision)
@@ -109,7 +114,8 @@ class GpenRunner:
         return runner
 
     def __repr__(self) -> str:
-        return f"GpenRunner({self.name!r}, size={self.size}, dtype={self.dtype}, onnx={self.is_onnx})"
+        return (f"GpenRunner({self.name!r}, size={self.size}, dtype={self.dtype}, onnx={self.is_onnx}, "
+                f"task={self.task!r})")
 
     @property
     def precision(self) -> str:
@@ -147,6 +153,7 @@ class GpenRunner:
         on_face: OnFace | None = None,
         check_interrupted: CheckInterrupted | None = None,
         output_device: torch.device | str = "cpu",
+        luminance: str = "keep",
     ) -> torch.Tensor:
         """Restore aligned face crops.
 
@@ -160,6 +167,8 @@ class GpenRunner:
             check_interrupted: called before every batch; raises to stop.
             output_device: where the result is gathered (the CPU for an IMAGE output; the model's device when
                 paste-back runs there too, so the faces never leave it).
+            luminance: for a colourising model, "keep" gives each face the input crop's luminance exactly (only
+                its colour comes from the model), "model" the model's whole output. Other tasks ignore it.
 
         Returns:
             `[N, S, S, 3]` float32 RGB in 0..1 on `output_device`. Inference errors propagate, and non-finite output
@@ -170,6 +179,8 @@ class GpenRunner:
                 f"face crops must be square images [N, S, S, C] with C in 1, 3, 4; got {list(crops.shape)}"
             )
         check_strength(strength)
+        if luminance not in LUMINANCES:
+            raise ValueError(f"luminance must be one of {LUMINANCES}, got {luminance!r}")
         out = torch.empty((crops.shape[0], self.size, self.size, 3), dtype=torch.float32, device=output_device)
         start, batch_size = 0, max(1, batch_size)
         with torch.inference_mode(), ieee_fp32():
@@ -178,8 +189,10 @@ class GpenRunner:
                     check_interrupted()
                 chunk = crops[start : start + batch_size].to(device=device, dtype=torch.float32)
                 chunk = resize_crops(chunk, self.size)
+                # A colourising GPEN was trained on grey faces: a colour photo's face is made grey first.
+                model_input = _to_model_input(grey(chunk) if self.task == "colourise" else chunk, self.dtype)
                 try:
-                    output = self.module(_to_model_input(chunk, self.dtype))
+                    output = self.module(model_input)
                 except torch.OutOfMemoryError:
                     if batch_size == 1:
                         raise
@@ -193,6 +206,8 @@ class GpenRunner:
                     )
                 restored = _from_model_output(output)
                 del output
+                if self.task == "colourise" and luminance == "keep":
+                    restored = with_luminance(restored, _rgb(chunk))
                 if strength < 1.0:
                     restored = torch.lerp(_rgb(chunk), restored, strength)
                 out[start : start + chunk.shape[0]] = restored
@@ -221,6 +236,27 @@ def ieee_fp32() -> Iterator[None]:
 def _rgb(crops: torch.Tensor) -> torch.Tensor:
     """Crops `[N, S, S, C]` as RGB `[N, S, S, 3]`: alpha dropped, grey repeated (a view)."""
     return crops[..., :3] if crops.shape[-1] >= 3 else crops.expand(*crops.shape[:-1], 3)
+
+
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """Luma `[..., 1]` of RGB `[..., 3]` in 0..1 (Rec. 601 weights, as upstream's YUV colourisation)."""
+    return rgb[..., :1] * 0.299 + rgb[..., 1:2] * 0.587 + rgb[..., 2:3] * 0.114
+
+
+def with_luminance(rgb: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`rgb`'s colour on `reference`'s luminance (both `[..., 3]` in 0..1): `reference`'s luma plus `rgb`'s
+    chroma, shrunk towards grey only where the sum would leave 0..1, so the luma is `reference`'s exactly (the
+    picture-space twin, for pasting, is face_utils.colour.with_luminance)."""
+    luma = luminance(reference)
+    chroma = rgb - luminance(rgb)
+    room = torch.where(chroma > 0, (1 - luma) / chroma, torch.where(chroma < 0, -luma / chroma, torch.inf))
+    return (luma + room.amin(dim=-1, keepdim=True).clamp(0.0, 1.0) * chroma).clamp(0.0, 1.0)
+
+
+def grey(crops: torch.Tensor) -> torch.Tensor:
+    """Crops `[N, S, S, C]` as grey RGB `[N, S, S, 3]` (their luma in every channel)."""
+    rgb = _rgb(crops)
+    return luminance(rgb).expand_as(rgb) if crops.shape[-1] >= 3 else rgb
 
 
 def resize_crops(crops: torch.Tensor, size: int) -> torch.Tensor:

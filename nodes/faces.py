@@ -20,7 +20,7 @@ from ..face_utils.preview import draw_faces
 from ..gpen_arch.runner import MAX_BATCH_SIZE
 from .inputs import CATEGORY, OUTPUT_SIZES, TITLES, FacesSocket, GpenModelSocket, detector_input, face_size_input
 from .inputs import image_and_mask_outputs, model_input, named_errors, paste_inputs, schema, selection_inputs
-from .inputs import strength_input, template_input, title, tracking_inputs
+from .inputs import luminance_input, strength_input, template_input, title, tracking_inputs
 from .models import GpenModel, bind_restorer, on_device, parser_for
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class GPENRestoreFaces(io.ComfyNode):
                     "Size of the restored crops: the model's (2048 px for GPEN-BFR-2048), or that of the input crops. "
                     "For long videos through the separate nodes, cut small crops (face_size, no model connected) "
                     "and keep them small here: 300 crops at 2048 px take 15 GB, at 512 px under 1 GB.")),
+                luminance_input(),
             ],
             outputs=[io.Image.Output("restored_crops", tooltip=(
                 "The restored crops, same count and order as the input crops, at the chosen output_size."))],
@@ -108,11 +109,12 @@ class GPENRestoreFaces(io.ComfyNode):
     @classmethod
     @named_errors
     def execute(cls, gpen_model: GpenModel, face_crops, strength, faces: FaceSet | None = None,
-                output_size: str = "model") -> io.NodeOutput:
+                output_size: str = "model", luminance: str = "keep") -> io.NodeOutput:
         check_image_batch(face_crops, name="face_crops")
 
         def bind(count: int) -> RestoreFn:
-            progress, restore = comfy.utils.ProgressBar(count), bind_restorer(gpen_model, count, strength)
+            progress = comfy.utils.ProgressBar(count)
+            restore = bind_restorer(gpen_model, count, strength, luminance)
             return lambda crops, _on_face: restore(crops, lambda: progress.update(1))
 
         out, count = restore_crop_batch(
@@ -178,7 +180,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The image or batch of frames whose faces to restore."),
                 model_input(), detector_input(), strength_input(), *selection_inputs(), template_input(),
-                *paste_inputs(), *tracking_inputs(),
+                *paste_inputs(), *tracking_inputs(), luminance_input(),
             ],
             outputs=image_and_mask_outputs(),
         )
@@ -187,7 +189,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
     @named_errors
     def execute(cls, image, gpen_model: GpenModel, face_detector, strength, score_threshold, order, face_index,
                 max_faces, template, mask_shape, erosion, feather, color_correction, temporal_smoothing: float = 1.0,
-                max_gap: int = 5, detection_size: int = 0) -> io.NodeOutput:
+                max_gap: int = 5, detection_size: int = 0, luminance: str = "keep") -> io.NodeOutput:
         check_image_batch(image)
         face_detector = face_source(face_detector)
         detect_settings = DetectSettings(crop_size=gpen_model.size, template=template, score_threshold=score_threshold,
@@ -196,12 +198,15 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                                          detection_size=detection_size)
         paste_settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather,
                                        color_correction=color_correction)
+        if gpen_model.runner.task == "colourise":
+            # Only inside the face mask does colour appear: the rest of a black-and-white photo stays as it was.
+            paste_settings = paste_settings.for_colourised(keep_luminance=luminance == "keep")
         progress = comfy.utils.ProgressBar(image.shape[0])
         with on_device(face_detector), parser_for(mask_shape) as parser:
             # GPEN is placed after the helpers took their room: freeing memory for them may unload it (always
             # with --disable-smart-memory), and its batch size must count what they hold. Sized for a few faces
             # per frame; the runner halves its batch if memory runs out.
-            restore = bind_restorer(gpen_model, MAX_BATCH_SIZE, strength)
+            restore = bind_restorer(gpen_model, MAX_BATCH_SIZE, strength, luminance)
             out, mask, faces = restore_image(
                 image, face_detector, restore, detect_settings, paste_settings, parser=parser,
                 on_progress=lambda done, total: progress.update_absolute(done, total),

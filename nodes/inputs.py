@@ -11,6 +11,7 @@ from collections.abc import Callable
 from comfy_api.latest import io
 
 from ..face_utils import MASK_SHAPES, ORDERS, TEMPLATES, PasteSettings
+from ..gpen_arch.choices import LUMINANCES
 from ..gpen_arch.runner import DEFAULT_STRENGTH
 from .host import advanced, search_aliases
 
@@ -95,6 +96,13 @@ def strength_input() -> io.Float.Input:
     return io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.0, max=1.0, step=0.01, tooltip=(
         "Blend of the restored face with the original crop: 1 = fully restored, 0 = unchanged. 0.8 is upstream "
         "GPEN's default and keeps some of the original texture."))
+
+
+def luminance_input() -> io.Combo.Input:
+    return io.Combo.Input("luminance", options=list(LUMINANCES), default="keep", optional=True, **advanced(), tooltip=(
+        "For colourising models only: 'keep' gives each face its own luminance exactly, so it gains colour and "
+        "never loses detail (the model sees the face in grey, as it was trained); 'model' takes the model's whole "
+        "output. Colour correction is off for colourised faces (it would pull them back to grey)."))
 
 
 def paste_inputs() -> list[io.Input]:

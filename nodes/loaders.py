@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..face_utils import DETECTORS, KNOWN_WEIGHTS, load_detector
 from ..gpen_arch.loader import model_size
+from ..gpen_arch.choices import TASKS, guess_task
 from ..gpen_arch.runner import PRECISIONS, GpenRunner, cpu_has_native_bf16
 from ..model_files.folders import COMFYUI_WHERE_TO_GET, RESTORE_FOLDER, preferred_model
 from .host import advanced, loaders_category
@@ -44,6 +45,11 @@ class GPENModelLoader(io.ComfyNode):
                 io.Boolean.Input("compile", default=False, **advanced(), tooltip=(
                     "Compile the network with torch.compile: the first run takes minutes, later runs of the same "
                     "size are faster. Needs Triton on NVIDIA GPUs, a C++ compiler on the CPU. Ignored for .onnx.")),
+                io.Combo.Input("task", options=["auto", *TASKS], default="auto", optional=True, tooltip=(
+                    "What the model was trained to do: restore (GPEN-BFR), colourise (GPEN-Colorization) or repair "
+                    "(GPEN-Inpainting). Their files look alike inside, so 'auto' guesses from the file name "
+                    "('color'/'colour' colourises, 'inpaint'/'repair' repairs, anything else restores) and the log "
+                    "says so; choose it here if the name does not tell.")),
             ],
             outputs=[GpenModelSocket.Output("gpen_model", tooltip=(
                 f"The loaded GPEN model, for '{TITLES['GPENRestoreFaces']}', '{TITLES['GPENDetectFaces']}' and "
@@ -51,16 +57,17 @@ class GPENModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, model_name: str, precision: str, compile: bool = False) -> tuple:
+    def fingerprint_inputs(cls, model_name: str, precision: str, compile: bool = False, task: str = "auto") -> tuple:
         # A file replaced under the same name must load again, not come from ComfyUI's cache.
         path = folder_paths.get_full_path(RESTORE_FOLDER, model_name)
         stat = Path(path).stat() if path else None
-        return (model_name, precision, compile, stat and stat.st_size, stat and stat.st_mtime_ns)
+        return (model_name, precision, compile, task, stat and stat.st_size, stat and stat.st_mtime_ns)
 
     @classmethod
     @named_errors
-    def execute(cls, model_name: str, precision: str, compile: bool = False) -> io.NodeOutput:
+    def execute(cls, model_name: str, precision: str, compile: bool = False, task: str = "auto") -> io.NodeOutput:
         path = model_path(model_name)
+        chosen = guess_task(model_name) if task == "auto" else task
         device = mm.get_torch_device()
         # "auto" precision is chosen for where GPEN will run, which with --novram is the offload device (a CPU,
         # where fp16 is emulated and some 30x slower), not the GPU.
@@ -71,14 +78,16 @@ class GPENModelLoader(io.ComfyNode):
             # ComfyUI answers no for any CPU; one that computes bf16 natively runs GPEN 2x faster in it.
             bf16_ok=mm.should_use_bf16(runs_on, prioritize_performance=True)
             or (runs_on.type == "cpu" and not mm.FORCE_FP32 and cpu_has_native_bf16()),
+            task=chosen,
         )
         patcher = None
         if not runner.is_onnx:
             patcher = comfy.model_patcher.ModelPatcher(
                 runner.module, load_device=device, offload_device=mm.unet_offload_device()
             )
-        logger.info("%s: %s is GPEN-%d, running in %s on %s", TITLES["GPENModelLoader"], model_name, runner.size,
-                    runner.dtype, "onnxruntime" if runner.is_onnx else runs_on)
+        logger.info("%s: %s is GPEN-%d to %s%s, running in %s on %s", TITLES["GPENModelLoader"], model_name,
+                    runner.size, chosen, " (guessed from the file name: set the task if it does another job)"
+                    if task == "auto" else "", runner.dtype, "onnxruntime" if runner.is_onnx else runs_on)
         return io.NodeOutput(GpenModel(runner, patcher))
 
 

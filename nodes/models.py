@@ -70,7 +70,7 @@ def gpen_run_device() -> torch.device:
     return mm.get_torch_device()
 
 
-def bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> RestoreFn:
+def bind_restorer(gpen_model: GpenModel, faces: int, strength: float, luminance: str = "keep") -> RestoreFn:
     """Place the model through ComfyUI's model management and return `restore(crops, on_face)`."""
     runner = gpen_model.runner
     if gpen_model.patcher is None:
@@ -83,7 +83,7 @@ def bind_restorer(gpen_model: GpenModel, faces: int, strength: float) -> Restore
 
     def restore(crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
         return runner.restore(crops, device=device, strength=strength, batch_size=batch_size, on_face=on_face,
-                              output_device=crops.device,
+                              output_device=crops.device, luminance=luminance,
                               check_interrupted=mm.throw_exception_if_processing_interrupted)
 
     return restore

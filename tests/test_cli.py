@@ -429,3 +429,73 @@ def test_results_get_the_permissions_of_any_new_file(models_dir, home):
     (home / "plain.txt").write_text("")
     assert (home / "out.png").stat().st_mode == (home / "plain.txt").stat().st_mode
     assert [p.name for p in home.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+# --- colourise -------------------------------------------------------------------------------------------------
+
+
+def black_and_white(fixtures_dir: Path, home: Path) -> tuple[Path, np.ndarray]:
+    """grace_hopper.jpg as an 8-bit grey picture saved in RGB (what a scanned black-and-white photo is)."""
+    grey = cv2.cvtColor(cv2.imread(str(fixtures_dir / "images" / "grace_hopper.jpg")), cv2.COLOR_BGR2GRAY)
+    path = home / "old_portrait.png"
+    cv2.imwrite(str(path), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    return path, grey.astype(np.float32)
+
+
+def luma_8bit(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Luma and chroma magnitude of an 8-bit RGB file, in 8-bit levels."""
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+    luma = rgb @ np.float32([0.299, 0.587, 0.114])
+    return luma, np.abs(rgb - luma[..., None]).max(axis=-1)
+
+
+def test_a_black_and_white_photo_is_colourised_keeping_its_luminance(models_dir, home, fixtures_dir, capsys):
+    source, grey = black_and_white(fixtures_dir, home)
+    colouriser = save_gpen(models_dir / "facerestore_models" / "GPEN-Colorization-64.pth", 64, seed=3)
+    out = home / "coloured.png"
+    assert run_cli(["--input", source, "--output", out, *cli_args(models_dir), "--model", colouriser,
+                    "--strength", "1"], home) == 0
+    assert "GPEN-Colorization-64.pth: GPEN-64 to colourise (guessed from the file name" in capsys.readouterr().out
+    luma, chroma = luma_8bit(out)
+    assert np.abs(luma - grey).max() <= 0.5  # each channel rounded to a level moves the luma at most half of one
+    coloured = chroma > 4
+    assert coloured.mean() > 0.02  # the face gained colour ...
+    ys, xs = np.nonzero(coloured)
+    x0, y0, x1, y1 = crop_footprint(models_dir, grey)
+    assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1  # ... and only the face
+
+
+def crop_footprint(models_dir: Path, grey: np.ndarray) -> tuple[float, float, float, float]:
+    """The bounding box, in the photo, of the aligned crop of its one face: where a paste can reach."""
+    from comfyui_gpen_restore.face_utils import align_face
+
+    face, = load_detector(DETECTOR, models_dir / "facedetection").detect(np.repeat(grey[..., None] / 255, 3, axis=2))
+    corners = np.float64([[0, 0], [63, 0], [0, 63], [63, 63]])
+    inverse = cv2.invertAffineTransform(align_face(face, crop_size=64).affine)
+    placed = corners @ inverse[:, :2].T + inverse[:, 2]
+    return (*(placed.min(axis=0) - 2), *(placed.max(axis=0) + 2))
+
+
+def test_restoring_then_colourising_in_one_run(models_dir, home, fixtures_dir, capsys):
+    """GPEN-BFR then a colouriser on each face, one command: the restoration's detail stays (the luminance is
+    the restored face's, not the photo's), the colour is the colouriser's, the rest of the photo untouched."""
+    source, grey = black_and_white(fixtures_dir, home)
+    colouriser = save_gpen(models_dir / "facerestore_models" / "GPEN-Colorization-64.pth", 64, seed=3)
+    restorer = models_dir / "facerestore_models" / "GPEN-BFR-64.pth"
+    out = home / "restored_coloured.png"
+    assert run_cli(["--input", source, "--output", out, *cli_args(models_dir), "--model", restorer, colouriser],
+                   home) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("GPEN-BFR-64.pth: GPEN-64 in") and "to colourise" in lines[1]
+    luma, chroma = luma_8bit(out)
+    changed = np.abs(luma - grey) > 2
+    assert changed.mean() > 0.01 and (chroma > 4).mean() > 0.02  # restored and coloured
+    outside = ~(changed | (chroma > 0))
+    assert outside.mean() > 0.5  # most of the photo is as it was
+
+
+def test_tasks_must_match_the_models(models_dir, home, capsys):
+    colouriser = save_gpen(models_dir / "facerestore_models" / "GPEN-Colorization-64.pth", 64, seed=3)
+    assert run_cli(["--input", home, *cli_args(models_dir), "--model", colouriser, colouriser, "--task", "colourise",
+                    "restore", "repair"], home) == 2
+    assert "--task names 3 task(s) for 2 --model file(s)" in one_error_line(capsys.readouterr().err)

@@ -163,6 +163,30 @@ def test_only_the_face_region_is_touched_and_opacity_blends(detected):
     assert np.array_equal(untouched, image) and zero_mask.max() == 1.0
 
 
+# Luma of a pasted pixel against the original's: float32 rounding of a few products and sums in 0..1.
+LUMA_TOLERANCE = 1e-6
+
+
+@pytest.mark.parametrize("opacity", [1.0, 0.6])
+def test_keeping_the_luminance_pastes_colour_only(detected, opacity):
+    """A black-and-white photo and a colourised face (saturated red, green and blue stripes, some beyond what the
+    original's luma allows): the result has the photo's luminance everywhere, colour only inside the mask, and no
+    colour correction pulling it back to grey."""
+    rgb, face = detected["grace_hopper.jpg"]
+    image = np.repeat(_luma(rgb), 3, axis=2)
+    aligned = align_face(face, crop_size=256)
+    crop = np.zeros((256, 256, 3), np.float32)
+    for channel in range(3):
+        crop[:, channel::3, channel] = 1.0
+    settings = PasteSettings(keep_luminance=True, opacity=opacity)  # colour correction on: it must not apply
+    result, mask = paste_faces(image, [crop], [aligned], settings)
+    np.testing.assert_allclose(_luma(result), _luma(image), rtol=0, atol=LUMA_TOLERANCE)
+    assert_untouched_outside(result, image, mask)
+    chroma = result - _luma(result)
+    assert np.abs(chroma[mask > 0.99]).mean() > 0.1 * opacity  # the face gained colour
+    assert ((result >= 0) & (result <= 1)).all()
+
+
 def test_no_faces_leaves_image_unchanged():
     image = np.random.default_rng(0).uniform(0, 1, (50, 60, 3)).astype(np.float32)
     result, mask = paste_faces(image, [], [])

@@ -343,6 +343,62 @@ def test_the_face_socket_takes_core_comfyuis_landmark_type(nodes, models):
         assert core.MediaPipeFaceLandmarker.GET_SCHEMA().outputs[0].get_io_type() == "FACE_LANDMARKS"
 
 
+# --- colourise ------------------------------------------------------------------------------------------------
+
+# Luma of a pasted pixel against the original's (float32 rounding of a few products and sums in 0..1).
+LUMA_TOLERANCE = 1e-6
+
+
+def luma(image: torch.Tensor) -> torch.Tensor:
+    return image[..., :3] @ torch.tensor([0.299, 0.587, 0.114])
+
+
+@pytest.fixture
+def colour_model(nodes, models, caplog):
+    save_gpen(models / "facerestore_models" / "GPEN-Colorization-64.pth", 64, seed=3)
+    with caplog.at_level(logging.INFO):
+        model = run(nodes.GPENModelLoader, "GPEN-Colorization-64.pth", "fp32", False).result[0]
+    assert "to colourise (guessed from the file name" in caplog.text
+    return model
+
+
+def test_the_task_is_guessed_from_the_file_name_or_chosen(nodes, models, colour_model):
+    from comfyui_gpen_restore.gpen_arch.choices import guess_task
+
+    assert colour_model.runner.task == "colourise"
+    chosen = run(nodes.GPENModelLoader, "GPEN-Colorization-64.pth", "fp32", False, task="restore").result[0]
+    assert chosen.runner.task == "restore"
+    names = {"GPEN-BFR-2048.pth": "restore", "GPEN-Colorization-1024.pth": "colourise", "my_colour.onnx": "colourise",
+             "GPEN-Inpainting-1024.pth": "repair", "face_repair.pth": "repair", "GPEN-512.pth": "restore"}
+    assert {name: guess_task(name) for name in names} == names
+
+
+def test_colourising_a_black_and_white_photo_adds_colour_inside_the_faces_only(nodes, colour_model, detector,
+                                                                               grace, monkeypatch):
+    seen = []
+    real_forward = colour_model.runner.module.forward
+    monkeypatch.setattr(colour_model.runner.module, "forward", lambda x: seen.append(x.clone()) or real_forward(x))
+    photo = torch.from_numpy(grace) @ torch.tensor([0.299, 0.587, 0.114])
+    image = photo[None, :, :, None].expand(1, *photo.shape, 3).contiguous()  # a black-and-white photo, as RGB
+    out, mask = one_node(nodes, image, colour_model, detector, strength=1.0)
+    assert seen and all(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]) for x in seen)  # grey in
+    torch.testing.assert_close(luma(out), luma(image), atol=LUMA_TOLERANCE, rtol=0)
+    assert torch.equal(out[mask == 0], image[mask == 0])
+    chroma = (out - luma(out)[..., None]).abs().amax(dim=-1)
+    assert chroma[mask > 0.99].mean() > 0.02 and chroma[mask == 0].max() <= LUMA_TOLERANCE  # colour, in faces only
+    whole, _ = one_node(nodes, image, colour_model, detector, strength=1.0, luminance="model")
+    assert (luma(whole) - luma(image)).abs().max() > 0.05  # the model's own luminance, when asked for
+
+
+def test_colourised_crops_keep_their_own_luminance(nodes, colour_model):
+    crops = torch.rand(2, 64, 64, 3)
+    kept = run(nodes.GPENRestoreFaces, colour_model, crops, 1.0).result[0]
+    torch.testing.assert_close(luma(kept), luma(crops), atol=LUMA_TOLERANCE, rtol=0)
+    assert (kept - luma(kept)[..., None]).abs().mean() > 0.02
+    whole = run(nodes.GPENRestoreFaces, colour_model, crops, 1.0, luminance="model").result[0]
+    assert (luma(whole) - luma(crops)).abs().max() > 0.05
+
+
 def test_no_face_never_runs_gpen_and_the_log_names_the_detector(nodes, model, detector, monkeypatch, caplog):
     calls = []
     monkeypatch.setattr(model.runner, "module", lambda x: calls.append(x) or x)

@@ -153,6 +153,14 @@ def test_paste_agrees_onto_an_upscaled_canvas_and_at_the_edge(photos):
     assert_paste_agrees(image, [crop], [edge], PasteSettings(), TOLERANCE)
 
 
+def test_paste_agrees_keeping_the_luminance(photos):
+    rgb, face = photos["grace_hopper.jpg"]
+    image = np.ascontiguousarray(np.repeat(rgb @ np.float32([[0.299], [0.587], [0.114]]), 3, axis=2))
+    aligned = align_face(face, crop_size=256)
+    colourful = np.clip(warp_face(rgb, aligned) * np.float32([1.4, 0.8, 0.5]), 0, 1).astype(np.float32)
+    assert_paste_agrees(image, [colourful], [aligned], PasteSettings(keep_luminance=True, opacity=0.9), TOLERANCE)
+
+
 @pytest.mark.parametrize("image_channels, crop_channels", [(1, 3), (4, 3), (3, 1)])
 def test_paste_agrees_for_grey_and_rgba(photos, image_channels, crop_channels):
     rgb, face = photos["astronaut.png"]
