@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..face_utils.choices import DEFAULT_EROSION, DEFAULT_FEATHER, DEFAULT_MAX_GAP, DETECTORS, MASK_SHAPES
-from ..face_utils.choices import ORDERS, TEMPLATES
+from ..face_utils.choices import DEFAULT_DAMAGE_FEATHER, DEFAULT_DAMAGE_GROW, ORDERS, TEMPLATES
 from ..gpen_arch.choices import DEFAULT_STRENGTH, LUMINANCES, PRECISIONS, TASKS
 from ..model_files.errors import MissingDependencyError, UnsupportedCheckpointError
 from ..model_files.folders import DETECTION_FOLDER, DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models
@@ -31,6 +31,7 @@ from .progress import ProgressLine
 from .video_files import VIDEO_SUFFIXES, import_av
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", nargs="+", choices=("auto", *TASKS), default=["auto"],
                         help="what each --model does (one per model): restore, colourise or repair; auto guesses "
                         "from the file name ('color'/'colour' colourises, 'inpaint'/'repair' repairs)")
+    parser.add_argument("--mask", type=Path, metavar="PATH",
+                        help="for a repairing model (GPEN-Inpainting): where the picture is damaged, an image the "
+                        "size of the input(s), white = damaged; one mask for all inputs and frames. Only the damage "
+                        "is changed")
+    parser.add_argument("--damage-grow", type=float, default=DEFAULT_DAMAGE_GROW,
+                        help="with --mask: also paste this much around the damage, as a fraction of the face")
+    parser.add_argument("--damage-feather", type=float, default=DEFAULT_DAMAGE_FEATHER,
+                        help="with --mask: width of the soft edge beyond it, as a fraction of the face")
     parser.add_argument("--luminance", choices=LUMINANCES, default="keep",
                         help="colourised faces: keep their own luminance (they gain colour, never lose detail) or "
                         "take the model's whole output")
@@ -146,6 +155,9 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
     GPEN's, a library not installed) become `CommandLineError`s."""
     model_tasks(args)  # the options first, then the paths, all before any heavy import
+    if args.mask is not None and args.aligned:
+        raise CommandLineError("--mask marks damage in whole pictures; --aligned crops have no picture to place it "
+                               "in: leave out --aligned")
     jobs, sequences = plan_all(args)  # a wrong path is reported at once
     # Imports torch: deferred until the paths are known to be good.
     from ..face_utils.weights import WeightsUnavailableError
@@ -154,6 +166,18 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
         return _restore(args, jobs, sequences, script_dir)
     except (UnsupportedCheckpointError, MissingDependencyError, WeightsUnavailableError, FileNotFoundError) as exc:
         raise CommandLineError(str(exc)) from exc
+
+
+def read_damage(path: Path) -> np.ndarray:
+    """The --mask file as a damage mask [H, W] in 0..1 (its luma; white = damaged)."""
+    from ..face_utils.images import convert_channels
+    from .image_files import ImageFileError, read_image
+
+    try:
+        image, _depth = read_image(path)
+    except ImageFileError as exc:
+        raise CommandLineError(f"--mask: {exc}") from exc
+    return convert_channels(image, 1)[:, :, 0]
 
 
 def model_tasks(args: argparse.Namespace) -> list[str]:
@@ -171,6 +195,7 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     # The pipeline and the model need torch and OpenCV: imported only now that the command line has been checked.
     from ..face_utils.face_set import DetectSettings
     from ..face_utils.paste import PasteSettings
+    from ..face_utils.repair import RepairSettings
     from ..gpen_arch.runner import check_strength
     from . import restore
 
@@ -184,6 +209,7 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
         )
         paste_settings = PasteSettings(mask_shape=args.mask_shape, erosion=args.erosion, feather=args.feather,
                                        color_correction=not args.no_color_correction)
+        repair_settings = RepairSettings(grow=args.damage_grow, feather=args.damage_feather)
     except ValueError as exc:
         raise CommandLineError(_with_option_names(str(exc))) from exc
     device = resolve_device(args.device)
@@ -197,8 +223,9 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     # Where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
     model_advice = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
     progress = ProgressLine(len(jobs))
+    damage = None if args.mask is None else read_damage(args.mask)
     session = restore.Session.start(args, list(zip(model_paths, tasks)), device, model_advice, detect_settings,
-                                    paste_settings, progress)
+                                    paste_settings, progress, damage, repair_settings)
     if args.aligned:
         failures = restore.restore_aligned(session, jobs)
     else:
@@ -226,7 +253,8 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
 # The settings' own names in their checks' messages, and the options that set them.
 OPTION_NAMES = {"score_threshold": "--threshold", "Face index": "--face-index", "max_faces": "--max-faces",
                 "strength": "--strength", "erosion": "--erosion", "feather": "--feather",
-                "max_gap": "--max-gap", "detection_size": "--detection-size"}
+                "max_gap": "--max-gap", "detection_size": "--detection-size", "damage_grow": "--damage-grow",
+                "damage_feather": "--damage-feather"}
 
 
 def _with_option_names(message: str) -> str:

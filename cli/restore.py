@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..face_utils import pipeline
@@ -25,12 +26,13 @@ from ..face_utils.detectors import load_detector
 from ..face_utils.parsing import FaceParser, load_face_parser
 from ..face_utils.paste import PasteSettings
 from ..face_utils.pixels import Pixels, choose_pixels
+from ..face_utils.repair import RepairSettings
 from ..gpen_arch.choices import guess_task
 from ..gpen_arch.runner import CropShapeError, GpenRunner, cpu_has_native_bf16, resize_crops, with_luminance
 from . import frame_jobs
 from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
 from .image_files import ImageFileError, read_image, write_image
-from .jobs import Job
+from .jobs import CommandLineError, Job
 from .progress import ProgressLine
 from .video_files import VideoFileError
 
@@ -48,14 +50,25 @@ class Session:
     detect_settings: DetectSettings
     paste_settings: PasteSettings
     progress: ProgressLine
+    damage: np.ndarray | None = None  # --mask: where every input is damaged (a repairing model's input)
+    repair_settings: RepairSettings = RepairSettings()
 
     @classmethod
     def start(cls, args: argparse.Namespace, models: list[tuple[Path, str]], device: torch.device,
               model_advice: str, detect_settings: DetectSettings, paste_settings: PasteSettings,
-              progress: ProgressLine) -> Session:
+              progress: ProgressLine, damage: np.ndarray | None = None,
+              repair_settings: RepairSettings = RepairSettings()) -> Session:
+        tasks = [guess_task(path.name) if task == "auto" else task for path, task in models]
+        # Checked before any model loads: the damage is painted white in the crops the first model gets.
+        if damage is not None and tasks[0] != "repair":
+            raise CommandLineError(f"--mask is the damage a repairing model (GPEN-Inpainting) repairs, but the first "
+                                   f"--model, {models[0][0].name}, is to {tasks[0]}: put the repairing model first "
+                                   "(or set --task)")
+        if damage is None and "repair" in tasks:
+            raise CommandLineError("a repairing --model repairs the damage it is shown: give it with --mask PATH (an "
+                                   "image the size of the input, white = damaged)")
         runners = []
-        for model_path, task in models:
-            chosen = guess_task(model_path.name) if task == "auto" else task
+        for (model_path, task), chosen in zip(models, tasks):
             runner = GpenRunner.load(model_path, precision=args.precision, compile=args.compile,
                                      where_to_get=model_advice, task=chosen, **_half_support(device))
             if not runner.is_onnx:
@@ -72,7 +85,14 @@ class Session:
             # The picture's own luminance is kept only when no model before changed it (a restoration's detail).
             keep = args.luminance == "keep" and all(runner.task == "colourise" for runner in runners)
             paste_settings = paste_settings.for_colourised(keep_luminance=keep)
-        return cls(runners, device, args.strength, args.luminance, detect_settings, paste_settings, progress)
+        return cls(runners, device, args.strength, args.luminance, detect_settings, paste_settings, progress, damage,
+                   repair_settings)
+
+    def repair(self) -> dict:
+        """The pipeline's repair arguments: the --mask for every frame (none without one)."""
+        if self.damage is None:
+            return {}
+        return {"damage": lambda _frame_index: self.damage, "repair": self.repair_settings}
 
     @property
     def size(self) -> int:
@@ -143,7 +163,7 @@ def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: l
             image, depth = read_image(job.source)
             out, _mask, restored = pipeline.restore_image(
                 frames_to_image([image]), faces.detector, session.restore, session.detect_settings,
-                session.paste_settings, parser=faces.parser, pixels=faces.pixels,
+                session.paste_settings, parser=faces.parser, pixels=faces.pixels, **session.repair(),
             )
             write_image(job.target, out[0].numpy(), depth)
         except (ImageFileError, FaceInputError) as exc:
@@ -167,7 +187,7 @@ def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | 
         progress.begin(len(frames), "frames")
         return pipeline.restore_frames(frames, faces.detector, session.restore, session.detect_settings,
                                        session.paste_settings, on_frame, parser=faces.parser,
-                                       on_progress=progress.steps, pixels=faces.pixels)
+                                       on_progress=progress.steps, pixels=faces.pixels, **session.repair())
 
     failures = []
     for job in jobs:

@@ -16,3 +16,6 @@ DEFAULT_EROSION = 0.04
 DEFAULT_FEATHER = 0.1
 # Missed frames a track survives (1/6 s at 30 fps: a blink of the detector, a hand passing the face).
 DEFAULT_MAX_GAP = 5
+# `repair.RepairSettings` defaults, fractions of the crop side: pasted around the damage, and the soft edge beyond.
+DEFAULT_DAMAGE_GROW = 0.02
+DEFAULT_DAMAGE_FEATHER = 0.03

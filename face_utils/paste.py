@@ -103,7 +103,8 @@ def paste_faces(
             scaled by any factor k (for example 2x by an upscaler); k is read from the size ratio.
         crops: restored crops, float32 [s, s, C'] in 0..1, one per face, in any channel count (converted to the
             image's; the image's alpha is kept) and any size s (the face's affine is rescaled from its
-            `crop_size` to s).
+            `crop_size` to s). A crop's own alpha (C' = 4) weights its mask: it is pasted only where that is
+            above 0 (see `face_utils.repair`).
         faces: aligned records (see `align_face`), in paste order: later faces go over earlier ones.
         settings: mask, opacity and colour options.
         parser: needed when `settings.mask_shape` is "parsing" (see `load_face_parser`).
@@ -256,7 +257,10 @@ def _prepare_one(
     (y0, y1, x0, x1), crop_from_region = placed
     mask = _region_mask(crop, crop_from_region, (y1 - y0, x1 - x0), settings, parser)
     channels = colour_channels(original)
-    restored = convert_channels(_warp_crop_to_region(crop, crop_from_region, (y1 - y0, x1 - x0), settings), channels)
+    warped = _warp_crop_to_region(crop, crop_from_region, (y1 - y0, x1 - x0), settings)
+    if crop.shape[2] == 4:
+        mask = mask * warped[:, :, 3]  # a crop's alpha limits where it is pasted (a repaired face: its damage)
+    restored = convert_channels(warped, channels)
     face_side_px = side / affine_scale(crop_from_region)
     colour = None
     if settings.color_correction and not settings.keep_luminance:

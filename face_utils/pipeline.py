@@ -33,6 +33,7 @@ from .paste import CanvasMismatchError, PasteSettings, canvas_scale_xy
 from .paste_stream import FrameSink, PasteStream
 from .pixels import OPENCV_PIXELS, Pixels
 from .records import FaceRecord
+from .repair import RepairSettings, check_damage, painted, paste_weight, with_damage
 from .selection import select_tracks
 from .tracking import assign_tracks, faces_by_frame, smooth_tracks
 
@@ -44,6 +45,9 @@ CheckInterrupted = Callable[[], None]
 """Raises (ComfyUI's InterruptProcessingException, KeyboardInterrupt) when the user asked to stop."""
 RestoreFn = Callable[[torch.Tensor, Callable[[], None]], torch.Tensor]
 """restore(crops [n, S, S, C] in [0, 1], on_face) -> restored crops [n, S', S', 3]; calls on_face() per face."""
+DamageSource = Callable[[int], np.ndarray]
+"""damage(frame_index) -> the frame's damage mask [H, W] in 0..1 (1 = damaged; see face_utils.repair); a mask of
+another size than its frame raises FaceInputError."""
 
 
 class FrameSource(Protocol):
@@ -111,15 +115,17 @@ def restore_crop_batch(
     none_found: bool = False,
     on_face: Callable[[], None] | None = None,
     chunk: int = 16,
+    channels: int = 3,
 ) -> tuple[torch.Tensor, int]:
-    """Restore a batch of crops `[N, S', S', C]` into one preallocated `[N, size, size, 3]` batch on the crops'
-    device; returns it and how many crops were restored.
+    """Restore a batch of crops `[N, S', S', C]` into one preallocated `[N, size, size, channels]` batch on the
+    crops' device (4 channels for repaired crops, whose alpha is their paste weight); returns it and how many crops
+    were restored.
 
     Black crops (the detect step's placeholder when it found no face) and, with `none_found`, all crops pass
     through black and unrestored. `bind_restore(count)` gives the `RestoreFn` once it is known how many faces
     run; they run `chunk` at a time, each chunk resized to `size` at once, so crops at the model's size exist for
     one chunk only. Raises `FaceInputError` before allocating when the result would not fit in `free_bytes`."""
-    needed = crop_bytes(crops.shape[0], size, 3)
+    needed = crop_bytes(crops.shape[0], size, channels)
     if free_bytes is not None and needed > free_bytes:
         raise FaceInputError(
             f"{crops.shape[0]} restored crop(s) at {size}x{size} need {needed / 2**30:.1f} GiB, but only "
@@ -129,7 +135,7 @@ def restore_crop_batch(
         )
     # On the crops' device (the GPU with --gpu-only, where ComfyUI keeps its intermediates), so the indices below
     # and the restored chunks live where `out` does.
-    out = torch.zeros((crops.shape[0], size, size, 3), dtype=torch.float32, device=crops.device)
+    out = torch.zeros((crops.shape[0], size, size, channels), dtype=torch.float32, device=crops.device)
     todo = (crops.flatten(1).amax(dim=1) > 0).nonzero().flatten()
     if none_found:
         todo = todo[:0]
@@ -213,11 +219,17 @@ def restore_frames(
     on_progress: OnProgress | None = None,
     check_interrupted: CheckInterrupted | None = None,
     pixels: Pixels = OPENCV_PIXELS,
+    damage: DamageSource | None = None,
+    repair: RepairSettings = RepairSettings(),
 ) -> FaceSet:
     """Find the faces of all frames (`detect_faces`: records only, a few hundred bytes per face), then restore
     and paste frame by frame, handing each finished frame to `on_frame`: only one frame and its crops are alive
     at a time, however long the video. Crops, restoration and paste-back of a frame stay on the `pixels` backend's
     device: `restore` gets the crops there and should return its result there.
+
+    With `damage` (frame index -> its damage mask [H, W], 1 = damaged) the faces are repaired (see
+    `face_utils.repair`): crops are painted white where damaged and only the damage, grown and feathered by
+    `repair`, is pasted back.
 
     Progress counts one step per frame for finding the faces, then one per face restored (one per faceless
     frame). Returns the `FaceSet` of the faces restored.
@@ -235,16 +247,26 @@ def restore_frames(
     positions = faces.positions_by_frame()
     total = frames_total + sum(len(positions.get(i, [None])) for i in range(frames_total))
     stream = _paste_stream(faces, paste_settings, parser, pixels, on_frame)
+    damaged_faces = 0
     for frame_index, frame in _frames(frames, check_interrupted):
         frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
         crops = []
-        if frame_faces:
+        if frame_faces and damage is not None:
+            damaged = with_damage(frame, check_damage(damage(frame_index), frame.shape[:2]))
+            cut = painted(pixels.crops(pixels.upload(damaged), frame_faces))
+            damaged_faces += int((cut[..., 3].flatten(1).amax(dim=1) > 0).sum())
+            crops = pixels.for_paste(paste_weight(restore(cut, step), cut[..., 3], repair))
+            frame = pixels.upload(frame)
+        elif frame_faces:
             frame = pixels.upload(frame)
             crops = pixels.for_paste(restore(pixels.crops(frame, frame_faces), step))
         else:
             step()
         stream.push(frame_index, frame, crops, frame_faces)
     stream.finish()
+    if damage is not None and len(faces) and not damaged_faces:
+        logger.warning("The damage mask covers none of the %d face(s) found: nothing to repair, the picture passes "
+                       "through unchanged", len(faces))
     return faces
 
 

@@ -141,6 +141,8 @@ def _prepare_one(
     source, filtered_from_crop = _antialias(_chw(crop), shrink)
     source_from_region = compose_affine(filtered_from_crop, crop_from_region)
     warped = _hwc(_sample(source, source_from_region, region_hw, settings.interpolation)).clamp(0.0, 1.0)
+    if crop.shape[2] == 4:
+        mask = mask * warped[:, :, 3]  # a crop's alpha limits where it is pasted, as in paste._prepare_one
     restored = _convert_channels(warped, channels)
     face_side_px = side / affine_scale(crop_from_region)
     colour = None

@@ -207,9 +207,14 @@ class GpenRunner:
                 restored = _from_model_output(output)
                 del output
                 if self.task == "colourise" and luminance == "keep":
-                    restored = with_luminance(restored, _rgb(chunk))
+                    restored = with_luminance(restored, crops_rgb(chunk))
                 if strength < 1.0:
-                    restored = torch.lerp(_rgb(chunk), restored, strength)
+                    weight = strength
+                    if self.task == "repair" and chunk.shape[-1] == 4:
+                        # Damaged pixels have nothing to blend with (they are painted white, the damage is the
+                        # alpha): there the repair is taken whole.
+                        weight = strength + (1.0 - strength) * chunk[..., 3:]
+                    restored = torch.lerp(crops_rgb(chunk), restored, weight)
                 out[start : start + chunk.shape[0]] = restored
                 start += chunk.shape[0]
                 if on_face is not None:
@@ -233,7 +238,7 @@ def ieee_fp32() -> Iterator[None]:
         cudnn.allow_tf32, matmul.allow_tf32 = kept
 
 
-def _rgb(crops: torch.Tensor) -> torch.Tensor:
+def crops_rgb(crops: torch.Tensor) -> torch.Tensor:
     """Crops `[N, S, S, C]` as RGB `[N, S, S, 3]`: alpha dropped, grey repeated (a view)."""
     return crops[..., :3] if crops.shape[-1] >= 3 else crops.expand(*crops.shape[:-1], 3)
 
@@ -255,7 +260,7 @@ def with_luminance(rgb: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def grey(crops: torch.Tensor) -> torch.Tensor:
     """Crops `[N, S, S, C]` as grey RGB `[N, S, S, 3]` (their luma in every channel)."""
-    rgb = _rgb(crops)
+    rgb = crops_rgb(crops)
     return luminance(rgb).expand_as(rgb) if crops.shape[-1] >= 3 else rgb
 
 
@@ -271,7 +276,7 @@ def resize_crops(crops: torch.Tensor, size: int) -> torch.Tensor:
 
 def _to_model_input(crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Crops `[N, S, S, C]` in 0..1 to GPEN's `[N, 3, S, S]` in [-1, 1] as `dtype`, on the crops' device."""
-    return (_rgb(crops).movedim(-1, 1) * 2 - 1).to(dtype)
+    return (crops_rgb(crops).movedim(-1, 1) * 2 - 1).to(dtype)
 
 
 def _from_model_output(output: torch.Tensor) -> torch.Tensor:

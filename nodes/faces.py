@@ -16,11 +16,13 @@ from ..face_utils.face_set import DetectSettings, FaceSet
 from ..face_utils.landmark_faces import LandmarkFaces
 from ..face_utils.pipeline import RestoreFn, detect_faces, paste_back, restore_crop_batch, restore_image, warp_crops
 from ..face_utils.pixels import choose_pixels
+from ..face_utils.repair import RepairSettings, damage_frames, painted, paste_weight, with_damage_batch
 from ..face_utils.preview import draw_faces
-from ..gpen_arch.runner import MAX_BATCH_SIZE
+from ..gpen_arch.runner import MAX_BATCH_SIZE, crops_rgb, with_luminance
 from .inputs import CATEGORY, OUTPUT_SIZES, TITLES, FacesSocket, GpenModelSocket, detector_input, face_size_input
 from .inputs import image_and_mask_outputs, model_input, named_errors, paste_inputs, schema, selection_inputs
-from .inputs import luminance_input, strength_input, template_input, title, tracking_inputs
+from .inputs import damage_input, luminance_input, repair_inputs, strength_input, template_input, title
+from .inputs import tracking_inputs
 from .models import GpenModel, bind_restorer, on_device, parser_for
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class GPENDetectFaces(io.ComfyNode):
                 detector_input(), face_size_input(), template_input(), *selection_inputs(),
                 GpenModelSocket.Input("gpen_model", optional=True,
                                       tooltip="Connect to cut crops at this model's size."),
-                *tracking_inputs(),
+                *tracking_inputs(), damage_input(),
             ],
             outputs=[
                 io.Image.Output("face_crops", tooltip=(
@@ -55,7 +57,7 @@ class GPENDetectFaces(io.ComfyNode):
     @named_errors
     def execute(cls, image, face_detector, face_size, template, score_threshold, order, face_index, max_faces,
                 gpen_model: GpenModel | None = None, temporal_smoothing: float = 1.0, max_gap: int = 5,
-                detection_size: int = 0) -> io.NodeOutput:
+                detection_size: int = 0, damage: torch.Tensor | None = None) -> io.NodeOutput:
         check_image_batch(image)
         face_detector = face_source(face_detector)
         crop_size = gpen_model.size if gpen_model is not None else face_size
@@ -67,8 +69,11 @@ class GPENDetectFaces(io.ComfyNode):
                                  check_interrupted=mm.throw_exception_if_processing_interrupted)
         log_faces(cls, faces, "paste-back will pass the image through unchanged")
         if len(faces):
-            crops = warp_crops(image, faces, free_bytes=mm.get_free_memory(mm.intermediate_device()),
+            # With damage, the crops carry it as alpha and are painted white there (see face_utils.repair).
+            source = image if damage is None else with_damage_batch(image, damage)
+            crops = warp_crops(source, faces, free_bytes=mm.get_free_memory(mm.intermediate_device()),
                                pixels=choose_pixels(mm.get_torch_device()))
+            crops = crops if damage is None else painted(crops)
         else:
             # ComfyUI's image nodes (VAE Encode, upscalers) fail on an empty batch: one black crop flows to them,
             # which the restore node recognises and never runs GPEN on.
@@ -100,7 +105,7 @@ class GPENRestoreFaces(io.ComfyNode):
                     "Size of the restored crops: the model's (2048 px for GPEN-BFR-2048), or that of the input crops. "
                     "For long videos through the separate nodes, cut small crops (face_size, no model connected) "
                     "and keep them small here: 300 crops at 2048 px take 15 GB, at 512 px under 1 GB.")),
-                luminance_input(),
+                luminance_input(), *repair_inputs(),
             ],
             outputs=[io.Image.Output("restored_crops", tooltip=(
                 "The restored crops, same count and order as the input crops, at the chosen output_size."))],
@@ -109,19 +114,31 @@ class GPENRestoreFaces(io.ComfyNode):
     @classmethod
     @named_errors
     def execute(cls, gpen_model: GpenModel, face_crops, strength, faces: FaceSet | None = None,
-                output_size: str = "model", luminance: str = "keep") -> io.NodeOutput:
+                output_size: str = "model", luminance: str = "keep", damage_grow: float = RepairSettings.grow,
+                damage_feather: float = RepairSettings.feather) -> io.NodeOutput:
         check_image_batch(face_crops, name="face_crops")
+        repair = gpen_model.runner.task == "repair"
+        if repair and face_crops.shape[-1] != 4:
+            raise ValueError(f"{gpen_model.runner.name} repairs the damage it is shown, and these crops carry none: "
+                             f"connect a mask to 'damage' on '{TITLES['GPENDetectFaces']}' (white = damaged)")
+        repair_settings = RepairSettings(grow=damage_grow, feather=damage_feather)
 
         def bind(count: int) -> RestoreFn:
             progress = comfy.utils.ProgressBar(count)
             restore = bind_restorer(gpen_model, count, strength, luminance)
+            if repair:  # the restored crops get their paste weight as alpha: only the damage is pasted back
+                return lambda crops, _on_face: paste_weight(restore(crops, lambda: progress.update(1)),
+                                                            crops[..., 3], repair_settings)
             return lambda crops, _on_face: restore(crops, lambda: progress.update(1))
 
         out, count = restore_crop_batch(
             face_crops, bind, size=gpen_model.size if output_size == "model" else face_crops.shape[1],
             free_bytes=mm.get_free_memory(mm.intermediate_device()), none_found=faces is not None and not len(faces),
-            chunk=MAX_BATCH_SIZE,
+            chunk=MAX_BATCH_SIZE, channels=4 if repair else 3,
         )
+        if gpen_model.runner.task == "colourise" and luminance == "keep" and output_size == "input":
+            # Colour on the crops' own luminance at their own size, not on the model-size copy's resampled.
+            out = with_luminance(out, crops_rgb(face_crops).to(out.device))
         skipped = face_crops.shape[0] - count
         logger.info("%s: restored %d crop(s) with %s%s", title(cls), count, gpen_model.runner.name,
                     f"; {skipped} black placeholder crop(s) passed through unrestored" if skipped else "")
@@ -180,7 +197,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The image or batch of frames whose faces to restore."),
                 model_input(), detector_input(), strength_input(), *selection_inputs(), template_input(),
-                *paste_inputs(), *tracking_inputs(), luminance_input(),
+                *paste_inputs(), *tracking_inputs(), luminance_input(), damage_input(), *repair_inputs(),
             ],
             outputs=image_and_mask_outputs(),
         )
@@ -189,8 +206,20 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
     @named_errors
     def execute(cls, image, gpen_model: GpenModel, face_detector, strength, score_threshold, order, face_index,
                 max_faces, template, mask_shape, erosion, feather, color_correction, temporal_smoothing: float = 1.0,
-                max_gap: int = 5, detection_size: int = 0, luminance: str = "keep") -> io.NodeOutput:
+                max_gap: int = 5, detection_size: int = 0, luminance: str = "keep", damage: torch.Tensor | None = None,
+                damage_grow: float = RepairSettings.grow,
+                damage_feather: float = RepairSettings.feather) -> io.NodeOutput:
         check_image_batch(image)
+        runner = gpen_model.runner
+        if damage is not None and runner.task != "repair":
+            raise ValueError(f"a damage mask was given, but {runner.name} is loaded to {runner.task}: load a "
+                             f"repairing model (GPEN-Inpainting), or set the task of '{TITLES['GPENModelLoader']}' "
+                             "to repair")
+        if damage is None and runner.task == "repair":
+            raise ValueError(f"{runner.name} repairs the damage it is shown: connect a mask to 'damage' (white = "
+                             "damaged)")
+        damage_source = None if damage is None else damage_frames(damage, image.shape[0], tuple(image.shape[1:3]))
+        repair_settings = RepairSettings(grow=damage_grow, feather=damage_feather)
         face_detector = face_source(face_detector)
         detect_settings = DetectSettings(crop_size=gpen_model.size, template=template, score_threshold=score_threshold,
                                          order=order, index=face_index, max_faces=max_faces,
@@ -211,7 +240,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 image, face_detector, restore, detect_settings, paste_settings, parser=parser,
                 on_progress=lambda done, total: progress.update_absolute(done, total),
                 check_interrupted=mm.throw_exception_if_processing_interrupted,
-                pixels=choose_pixels(mm.get_torch_device()),
+                pixels=choose_pixels(mm.get_torch_device()), damage=damage_source, repair=repair_settings,
             )
         log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()

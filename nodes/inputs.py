@@ -11,6 +11,7 @@ from collections.abc import Callable
 from comfy_api.latest import io
 
 from ..face_utils import MASK_SHAPES, ORDERS, TEMPLATES, PasteSettings
+from ..face_utils.repair import RepairSettings
 from ..gpen_arch.choices import LUMINANCES
 from ..gpen_arch.runner import DEFAULT_STRENGTH
 from .host import advanced, search_aliases
@@ -103,6 +104,24 @@ def luminance_input() -> io.Combo.Input:
         "For colourising models only: 'keep' gives each face its own luminance exactly, so it gains colour and "
         "never loses detail (the model sees the face in grey, as it was trained); 'model' takes the model's whole "
         "output. Colour correction is off for colourised faces (it would pull them back to grey)."))
+
+
+def damage_input() -> io.Input:
+    return io.Mask.Input("damage", optional=True, tooltip=(
+        "For repairing models (GPEN-Inpainting): where the picture is damaged (white = scratched, torn or missing), "
+        "drawn in ComfyUI's mask editor or from any mask node; one mask for all frames or one per frame. The faces "
+        "are painted white there, as the model was trained, and only the damage is pasted back."))
+
+
+def repair_inputs() -> list[io.Input]:
+    return [
+        io.Float.Input("damage_grow", default=RepairSettings.grow, min=0.0, max=0.25, step=0.01, optional=True,
+                       **advanced(), tooltip=(
+            "Repairing: paste back this much around the damage too, as a fraction of the face.")),
+        io.Float.Input("damage_feather", default=RepairSettings.feather, min=0.0, max=0.25, step=0.01,
+                       optional=True, **advanced(), tooltip=(
+            "Repairing: soften the edge of the pasted area over this fraction of the face.")),
+    ]
 
 
 def paste_inputs() -> list[io.Input]:

@@ -499,3 +499,39 @@ def test_tasks_must_match_the_models(models_dir, home, capsys):
     assert run_cli(["--input", home, *cli_args(models_dir), "--model", colouriser, colouriser, "--task", "colourise",
                     "restore", "repair"], home) == 2
     assert "--task names 3 task(s) for 2 --model file(s)" in one_error_line(capsys.readouterr().err)
+
+
+# --- repair ----------------------------------------------------------------------------------------------------
+
+
+def test_a_scratched_photo_is_repaired_only_where_the_mask_is(models_dir, home, fixtures_dir, grace_face, capsys):
+    repairer = save_gpen(models_dir / "facerestore_models" / "GPEN-Inpainting-64.pth", 64, seed=4)
+    photo = fixtures_dir / "images" / "grace_hopper.jpg"
+    original = cv2.imread(str(photo))
+    damage = np.zeros(original.shape[:2], np.uint8)
+    (x0, y0), (x1, _) = grace_face.landmarks_xy[:2]
+    damage[round(y0) - 5 : round(y0) + 5, round(x0) - 20 : round(x1) + 20] = 255  # a tear across the eyes
+    cv2.imwrite(str(home / "damage.png"), damage)
+    out = home / "repaired.png"
+    assert run_cli(["--input", photo, "--output", out, *cli_args(models_dir), "--model", repairer, "--mask",
+                    home / "damage.png"], home) == 0
+    assert "GPEN-Inpainting-64.pth: GPEN-64 to repair (guessed" in capsys.readouterr().out
+    changed = np.abs(cv2.imread(str(out)).astype(np.int16) - original).max(axis=2) > 0
+    assert changed[damage > 0].mean() > 0.9  # the tear was repaired ...
+    distance = cv2.distanceTransform((damage == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    assert not changed[distance > 0.2 * grace_face.box_size].any()  # ... and nothing far from it changed
+
+
+def test_a_mask_needs_a_repairing_model_first_and_a_repairing_model_needs_a_mask(models_dir, home, fixtures_dir,
+                                                                                capsys):
+    repairer = save_gpen(models_dir / "facerestore_models" / "GPEN-Inpainting-64.pth", 64, seed=4)
+    photo = fixtures_dir / "images" / "grace_hopper.jpg"
+    cv2.imwrite(str(home / "damage.png"), np.zeros((600, 512), np.uint8))
+    assert run_cli(["--input", photo, *cli_args(models_dir), "--mask", home / "damage.png"], home) == 2
+    assert "is to restore: put the repairing model first" in one_error_line(capsys.readouterr().err)
+    assert run_cli(["--input", photo, *cli_args(models_dir), "--model", repairer], home) == 2
+    assert "give it with --mask PATH" in one_error_line(capsys.readouterr().err)
+    cv2.imwrite(str(home / "small.png"), np.zeros((60, 50), np.uint8))
+    assert run_cli(["--input", photo, "--output", home / "o.png", *cli_args(models_dir), "--model", repairer,
+                    "--mask", home / "small.png"], home) == 1
+    assert "the damage mask is 50x60, the picture 512x600" in capsys.readouterr().err

@@ -399,6 +399,53 @@ def test_colourised_crops_keep_their_own_luminance(nodes, colour_model):
     assert (luma(whole) - luma(crops)).abs().max() > 0.05
 
 
+# --- repair ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def repair_model(nodes, models):
+    save_gpen(models / "facerestore_models" / "GPEN-Inpainting-64.pth", 64, seed=4)
+    model = run(nodes.GPENModelLoader, "GPEN-Inpainting-64.pth", "fp32", False).result[0]
+    assert model.runner.task == "repair" and model.size == 64
+    return model
+
+
+def scratched(grace_face, shape) -> torch.Tensor:
+    """A MASK [1, H, W]: a band across the face at eye height (1 = damaged)."""
+    damage = torch.zeros(1, *shape)
+    (x0, y0), (x1, _) = grace_face.landmarks_xy[:2]
+    damage[0, round(y0) - 6 : round(y0) + 6, round(x0) - 20 : round(x1) + 20] = 1.0
+    return damage
+
+
+def test_repairing_through_the_separate_nodes_equals_the_one_node(nodes, repair_model, detector, grace,
+                                                                   grace_face):
+    image, damage = image_batch(grace), scratched(grace_face, grace.shape[:2])
+    crops, faces, _ = detect(nodes, image, detector, repair_model, damage=damage)
+    assert crops.shape == (1, 64, 64, 4) and (crops[..., :3][crops[..., 3] == 1] == 1).all()  # painted white
+    restored = run(nodes.GPENRestoreFaces, repair_model, crops, 0.8).result[0]
+    assert restored.shape == (1, 64, 64, 4)  # the paste weight as alpha
+    separate, separate_mask = paste(nodes, image, restored, faces)
+    together, together_mask = one_node(nodes, image, repair_model, detector, damage=damage)
+    torch.testing.assert_close(together, separate, atol=SAME_ROUTE_TOLERANCE, rtol=0)
+    torch.testing.assert_close(together_mask, separate_mask, atol=SAME_ROUTE_TOLERANCE, rtol=0)
+    assert torch.equal(together[together_mask == 0], image[together_mask == 0])
+    assert (together - image).abs()[damage > 0].mean() > 0.05  # the damage was replaced
+
+
+def test_repair_inputs_that_do_not_fit_are_refused_clearly(nodes, repair_model, colour_model, detector, grace,
+                                                           grace_face):
+    image, damage = image_batch(grace), scratched(grace_face, grace.shape[:2])
+    with pytest.raises(ValueError, match="is loaded to colourise: load a repairing model"):
+        one_node(nodes, image, colour_model, detector, damage=damage)
+    with pytest.raises(ValueError, match="repairs the damage it is shown: connect a mask to 'damage'"):
+        one_node(nodes, image, repair_model, detector)
+    with pytest.raises(ValueError, match="these crops carry none"):
+        run(nodes.GPENRestoreFaces, repair_model, torch.rand(1, 64, 64, 3), 0.8)
+    with pytest.raises(ValueError, match="the damage mask is 256x300, the picture 512x600"):
+        one_node(nodes, image, repair_model, detector, damage=torch.zeros(1, 300, 256))
+
+
 def test_no_face_never_runs_gpen_and_the_log_names_the_detector(nodes, model, detector, monkeypatch, caplog):
     calls = []
     monkeypatch.setattr(model.runner, "module", lambda x: calls.append(x) or x)
