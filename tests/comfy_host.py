@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DETECTOR_FILE, REPO_ROOT, save_gpen
+from support import DETECTOR_FILE, REPO_ROOT, save_gpen, save_realesrnet
 
 PACK_DIR_NAME = "comfyui-gpen-restore"  # the folder name users clone into (README), so ComfyUI's module name
 # Our pack imported in-process: as a package under this name, never as top-level `nodes` (ComfyUI's own module).
@@ -314,6 +314,9 @@ def prepare_base_dir(base: Path, fixtures: Path) -> None:
     # Small random GPENs (the pack reads the size from the weights, so any file name works).
     save_gpen(restore / "GPEN-BFR-64.pth", 64, seed=0)
     save_gpen(restore / "GPEN-BFR-2048.pth", 64, seed=1)
+    save_gpen(restore / "GPEN-Colorization-1024.pth", 64, seed=3)  # the colourise and repair workflows' models
+    save_gpen(restore / "GPEN-Inpainting-1024.pth", 64, seed=4)
+    save_realesrnet(base / "models" / "upscale_models" / "realesrnet_x2.pth")  # the selfie workflow's upscaler
     (base / "models" / "facedetection").mkdir(parents=True)
     shutil.copy(fixtures / "facedetection" / DETECTOR_FILE, base / "models" / "facedetection" / DETECTOR_FILE)
     (base / "input").mkdir()

@@ -109,6 +109,38 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+def save_realesrnet(path: Path, blocks: int = 2) -> Path:
+    """A RealESRNet x2 in upstream GPEN's layout (`realesrnet_x2.pth`: BasicSR's RRDBNet state dict under
+    "params_ema", 32 features, the input pixel-unshuffled to 12 channels), what core ComfyUI's upscaler reads,
+    with `blocks` RRDB blocks instead of upstream's 23. Its weights upscale like a real one, only blurrier: the
+    trunk is switched off (conv_body 0), the 12 unshuffled channels pass through every conv and upsampling, and
+    conv_last averages each colour's four, so the output is the picture's 2x2 means enlarged 4x (leaky ReLU
+    leaves values in 0..1 alone)."""
+    features, growth, weights = 32, 32, {}
+
+    def conv(name: str, inputs: int, outputs: int, pass_through: int = 0) -> None:
+        weight = torch.zeros(outputs, inputs, 3, 3)
+        for channel in range(pass_through):
+            weight[channel, channel, 1, 1] = 1.0
+        weights[f"{name}.weight"], weights[f"{name}.bias"] = weight, torch.zeros(outputs)
+
+    conv("conv_first", 12, features, pass_through=12)
+    for block in range(blocks):
+        for dense in (1, 2, 3):
+            for layer in range(1, 6):
+                conv(f"body.{block}.rdb{dense}.conv{layer}", features + (layer - 1) * growth,
+                     growth if layer < 5 else features)
+    conv("conv_body", features, features)
+    for name in ("conv_up1", "conv_up2", "conv_hr"):
+        conv(name, features, features, pass_through=12)
+    conv("conv_last", features, 3)
+    for colour in range(3):  # pixel_unshuffle puts colour c's four sub-pixels at channels 4c .. 4c + 3
+        weights["conv_last.weight"][colour, 4 * colour : 4 * colour + 4, 1, 1] = 0.25
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params_ema": weights}, path)
+    return path
+
+
 def face_mesh(points: np.ndarray, *, swap_sides: bool = False) -> np.ndarray:
     """A MediaPipe Face Mesh [478, 2] holding five (x, y) points (LANDMARK_NAMES order) at the indices core's face
     landmarks are read at, the rest far away (so reading any other index shows); `swap_sides` gives each pair

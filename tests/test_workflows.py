@@ -31,7 +31,8 @@ API_WORKFLOWS = WORKFLOWS / "api"  # the API-format twins, one folder down where
 # and the frontend's template store), so each starts with "GPEN" and reads as a title.
 FILE_NAMES = {"restore_photo": "GPEN restore a photo", "quick_restore": "GPEN quick restore",
               "after_face_swap": "GPEN after a face swap", "after_generation": "GPEN after generation",
-              "video_frames": "GPEN video frames"}
+              "video_frames": "GPEN video frames", "colourise": "GPEN colourise an old portrait",
+              "repair": "GPEN repair a damaged face", "selfie": "GPEN selfie at 2048 with the background"}
 NAMES = list(FILE_NAMES)
 OTHER_PACKS_NODES = {"after_face_swap": ["ReActorFaceSwap"]}  # needs the ReActor pack, not installed here
 THUMBNAIL_WIDTH = 640
@@ -39,7 +40,8 @@ THUMBNAIL_WIDTH = 640
 VIEWPORT = {"width": 1600, "height": 900}
 RENDERERS = {"litegraph": False, "vue": True}  # the frontend's setting Comfy.VueNodes.Enabled
 # Nodes loading model files, with the ComfyUI folder each file belongs in: the workflows say where to get them.
-MODEL_LOADERS = {"GPENModelLoader": "facerestore_models", "CheckpointLoaderSimple": "checkpoints"}
+MODEL_LOADERS = {"GPENModelLoader": "facerestore_models", "CheckpointLoaderSimple": "checkpoints",
+                 "UpscaleModelLoader": "upscale_models"}
 # Where the paste-back of Grace Hopper's face may change the 512x600 fixture photo (rows, columns): GPEN's aligned
 # crop covers the whole head, and the mask's feather reaches rows 24-365, columns 110-406 (measured); the lower
 # third (uniform and medals) and the sides must stay exactly as they were.
@@ -74,20 +76,31 @@ def read_png(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def photo(comfy_server: ComfyServer) -> np.ndarray:
-    """The workflows' inputs, written into the server's input folder: `portrait.png` (the fixture photo of
-    Grace Hopper as an exact 8-bit PNG), `generated.png` (the same face on the 512x768 canvas after_generation's
-    latent asks for) and `clip.mp4` (see `video`). Returns the portrait's pixels, uint8 [600, 512, 3]."""
+    """The workflows' inputs, written into the server's input folder: `example.png` (the fixture photo of
+    Grace Hopper as an exact 8-bit PNG, under the name of the picture every ComfyUI's input folder holds, which the
+    templates open with; `portrait.png` the same), `generated.png` (the same face on the 512x768
+    canvas after_generation's latent asks for), `old_portrait.png` (it in black and white),
+    `scratched_portrait.png` (it with the mask editor's damage: transparent where damaged, see `DAMAGE`) and
+    `clip.mp4` (see `video`). Returns the portrait's pixels, uint8 [600, 512, 3]."""
     from PIL import Image
 
     with Image.open(comfy_server.input_dir / "grace_hopper.jpg") as image:
         pixels = np.asarray(image.convert("RGB"))
-    Image.fromarray(pixels).save(comfy_server.input_dir / "portrait.png")
+    for name in ("example.png", "portrait.png"):
+        Image.fromarray(pixels).save(comfy_server.input_dir / name)
     canvas = np.zeros((768, 512, 3), np.uint8)
     canvas[: pixels.shape[0]] = pixels
     Image.fromarray(canvas).save(comfy_server.input_dir / "generated.png")
+    Image.fromarray(pixels).convert("L").convert("RGB").save(comfy_server.input_dir / "old_portrait.png")
+    alpha = np.full(pixels.shape[:2], 255, np.uint8)
+    alpha[DAMAGE] = 0  # what the mask editor writes: LoadImage's MASK is 1 - alpha
+    Image.fromarray(np.dstack([pixels, alpha])).save(comfy_server.input_dir / "scratched_portrait.png")
     return pixels
 
 
+# The damage the repair workflow's input carries: a tear across Grace Hopper's eyes (rows, columns; the fixture
+# detector puts her eyes at (219, 188) and (303, 187) in the 512x600 photo).
+DAMAGE = (slice(180, 194), slice(190, 335))
 VIDEO_FPS = 24
 VIDEO_AUDIO_RATE = 16000
 
@@ -236,6 +249,64 @@ def test_after_generation_is_valid_and_its_gpen_half_runs(comfy_server: ComfySer
     assert restored.shape == (height, width, 3)
     assert_only_the_face_changed(restored[: photo.shape[0]], photo)
     assert not restored[photo.shape[0]:].any()  # the empty lower part of the canvas stays black
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+
+
+@pytest.mark.slow
+def test_colourise_an_old_portrait_runs(comfy_server: ComfyServer, photo: np.ndarray):
+    """Restored by a GPEN-BFR, then colourised: colour appears on the face and nowhere else, the rest of the black-
+    and-white photo stays as it was."""
+    prompt = runnable(load("colourise", api=True))
+    prompt["1"]["inputs"]["image"] = "old_portrait.png"
+    entry = comfy_server.run(prompt)
+    (saved,) = comfy_server.output_files(entry, "9")
+    coloured, grey = read_png(saved), np.repeat(luma(photo).round().astype(np.uint8)[..., None], 3, axis=2)
+    chroma = np.abs(coloured.astype(np.float32) - luma(coloured)[..., None]).max(axis=-1)
+    assert (chroma[FACE_BOX] > 4).mean() > 0.05  # the face gained colour ...
+    outside = np.ones(chroma.shape, bool)
+    outside[FACE_BOX] = False
+    assert chroma[outside].max() <= 1 and np.abs(coloured.astype(np.int16) - grey)[outside].max() <= 1  # ... only
+
+
+@pytest.mark.slow
+def test_repair_a_damaged_face_runs(comfy_server: ComfyServer, photo: np.ndarray):
+    """The damage painted in the mask editor (LoadImage's MASK) is repaired; every pixel far from it is the
+    photo's own."""
+    prompt = runnable(load("repair", api=True))
+    prompt["1"]["inputs"]["image"] = "scratched_portrait.png"
+    entry = comfy_server.run(prompt)
+    (saved,) = comfy_server.output_files(entry, "5")
+    repaired = read_png(saved)
+    changed = np.abs(repaired.astype(np.int16) - photo).max(axis=-1) > 0
+    assert changed[DAMAGE].mean() > 0.9
+    # The damage's reach: grown and feathered by 5 % of the face (19 px here), plus the resampling filters' few
+    # pixels of the 64-px test model's crop, each 6 of the photo's (cutting the damage out, pasting it back).
+    reach = 64
+    near = np.zeros(changed.shape, bool)
+    near[DAMAGE[0].start - reach : DAMAGE[0].stop + reach, DAMAGE[1].start - reach : DAMAGE[1].stop + reach] = True
+    assert not changed[~near].any(), np.argwhere(changed & ~near)[:5]
+
+
+@pytest.mark.slow
+def test_selfie_at_2048_runs_on_the_upscaled_canvas(comfy_server: ComfyServer, photo: np.ndarray):
+    """Core's upscaler (an upscale model in upstream GPEN's RealESRNet layout, read by spandrel) makes the 2x
+    canvas, our paste puts the restored faces on it: the picture is the upscaler's outside the face."""
+    prompt = runnable(load("selfie", api=True))
+    entry = comfy_server.run(prompt)
+    (saved,) = comfy_server.output_files(entry, "9")
+    selfie = read_png(saved)
+    assert selfie.shape == (2 * photo.shape[0], 2 * photo.shape[1], 3)
+    upscale_only = {key: prompt[key] for key in ("1", "2", "3")}
+    upscale_only["9"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "gpen/x2"}}
+    (upscaled,) = comfy_server.output_files(comfy_server.run(upscale_only), "9")
+    difference = np.abs(selfie.astype(np.int16) - read_png(upscaled)).max(axis=-1)
+    face = (slice(2 * FACE_BOX[0].start, 2 * FACE_BOX[0].stop), slice(2 * FACE_BOX[1].start, 2 * FACE_BOX[1].stop))
+    assert difference[face].mean() > 5  # the faces were pasted ...
+    difference[face] = 0
+    assert difference.max() <= EIGHT_BIT  # ... onto the upscaled picture, which is untouched elsewhere
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float, int]:
@@ -572,9 +643,13 @@ def test_restore_photo_queued_from_the_page_runs(page: FrontendPage, comfy_serve
 # The workflow files as the pack first shipped them (commit 8e28538): what users saved and share.
 SAVED = Path(__file__).parent / "fixtures" / "saved_workflows"
 # Inputs added since then, all optional with these defaults (so a saved file means what it meant).
-ADDED_INPUTS = {"GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0},
-                "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0},
-                "GPENRestoreFaces": {"output_size": "model"}}
+ADDED_INPUTS = {"GPENModelLoader": {"task": "auto"},
+                "GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0},
+                "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0,
+                                            "luminance": "keep", "damage_grow": 0.02, "damage_feather": 0.03},
+                "GPENRestoreFaces": {"output_size": "model", "luminance": "keep", "damage_grow": 0.02,
+                                     "damage_feather": 0.03}}
+FIRST_RELEASE = ["restore_photo", "quick_restore", "after_face_swap", "after_generation", "video_frames"]
 
 
 def load_saved(name: str, api: bool = False) -> dict:
@@ -591,7 +666,7 @@ def test_a_workflow_saved_with_the_first_release_still_runs(comfy_server: ComfyS
     assert_only_the_face_changed(read_png(saved), photo)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FIRST_RELEASE)
 def test_a_ui_workflow_saved_with_the_first_release_loads_with_its_values(page: FrontendPage, name: str):
     page.load_workflow(load_saved(name))
     assert page.missing_node_types() == OTHER_PACKS_NODES.get(name, [])
