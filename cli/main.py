@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --mask: also paste this much around the damage, as a fraction of the face")
     parser.add_argument("--damage-feather", type=float, default=DEFAULT_DAMAGE_FEATHER,
                         help="with --mask: width of the soft edge beyond it, as a fraction of the face")
+    parser.add_argument("--background-upscale", type=Path, metavar="PATH",
+                        help="upstream GPEN's selfie mode: enlarge the whole photo with this upscale model (e.g. "
+                        "upstream's realesrnet_x2.pth; any model spandrel reads) and paste the restored faces onto "
+                        "it. Photos only; needs spandrel (pip install spandrel)")
     parser.add_argument("--luminance", choices=LUMINANCES, default="keep",
                         help="colourised faces: keep their own luminance (they gain colour, never lose detail) or "
                         "take the model's whole output")
@@ -155,10 +159,19 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
     GPEN's, a library not installed) become `CommandLineError`s."""
     model_tasks(args)  # the options first, then the paths, all before any heavy import
+    if args.background_upscale is not None:
+        if args.aligned or args.mask is not None or args.sequence:
+            raise CommandLineError("--background-upscale enlarges whole photos: it does not go with --aligned, "
+                                   "--sequence or --mask")
+        if not args.background_upscale.is_file():
+            raise CommandLineError(f"--background-upscale {args.background_upscale}: no such file")
     if args.mask is not None and args.aligned:
         raise CommandLineError("--mask marks damage in whole pictures; --aligned crops have no picture to place it "
                                "in: leave out --aligned")
     jobs, sequences = plan_all(args)  # a wrong path is reported at once
+    if args.background_upscale is not None and sequences:
+        raise CommandLineError("--background-upscale enlarges photos; videos and --sequence folders are not "
+                               "upscaled: give it photos only")
     # Imports torch: deferred until the paths are known to be good.
     from ..face_utils.weights import WeightsUnavailableError
 
@@ -226,6 +239,11 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     damage = None if args.mask is None else read_damage(args.mask)
     session = restore.Session.start(args, list(zip(model_paths, tasks)), device, model_advice, detect_settings,
                                     paste_settings, progress, damage, repair_settings)
+    if args.background_upscale is not None:
+        from .background import Upscaler
+
+        session.upscaler = Upscaler(args.background_upscale, device)
+        progress.report(f"{args.background_upscale.name}: the background is upscaled {session.upscaler.scale}x")
     if args.aligned:
         failures = restore.restore_aligned(session, jobs)
     else:

@@ -33,6 +33,7 @@ from . import frame_jobs
 from .frame_jobs import SequenceJob, VideoJob, faces_entries, write_faces_json
 from .image_files import ImageFileError, read_image, write_image
 from .jobs import CommandLineError, Job
+from .background import Upscaler
 from .progress import ProgressLine
 from .video_files import VideoFileError
 
@@ -52,6 +53,7 @@ class Session:
     progress: ProgressLine
     damage: np.ndarray | None = None  # --mask: where every input is damaged (a repairing model's input)
     repair_settings: RepairSettings = RepairSettings()
+    upscaler: Upscaler | None = None  # --background-upscale: the canvas photos' faces are pasted onto
 
     @classmethod
     def start(cls, args: argparse.Namespace, models: list[tuple[Path, str]], device: torch.device,
@@ -161,10 +163,13 @@ def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: l
     for job in jobs:
         try:
             image, depth = read_image(job.source)
-            out, _mask, restored = pipeline.restore_image(
-                frames_to_image([image]), faces.detector, session.restore, session.detect_settings,
-                session.paste_settings, parser=faces.parser, pixels=faces.pixels, **session.repair(),
-            )
+            if session.upscaler is None:
+                out, _mask, restored = pipeline.restore_image(
+                    frames_to_image([image]), faces.detector, session.restore, session.detect_settings,
+                    session.paste_settings, parser=faces.parser, pixels=faces.pixels, **session.repair(),
+                )
+            else:
+                out, restored = _restore_onto_upscaled(session, faces, image)
             write_image(job.target, out[0].numpy(), depth)
         except (ImageFileError, FaceInputError) as exc:
             failures.append(_failure(job, exc))
@@ -175,6 +180,19 @@ def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: l
                                     f"{job.target}: no face found, written unchanged")
         session.progress.image_done()
     return failures
+
+
+def _restore_onto_upscaled(session: Session, faces: Faces, image: np.ndarray) -> tuple[torch.Tensor, FaceSet]:
+    """Upstream's selfie mode: the faces found and restored on the photo, pasted onto its upscaled copy."""
+    frames = frames_to_image([image])
+    found = pipeline.detect_faces(frames, faces.detector, session.detect_settings)
+    canvas = frames_to_image([session.upscaler.upscale(image)])
+    if not len(found):
+        return canvas, found
+    restored = session.restore(pipeline.warp_crops(frames, found, pixels=faces.pixels), lambda: None)
+    out, _mask = pipeline.paste_back(canvas, restored, found, session.paste_settings, parser=faces.parser,
+                                     pixels=faces.pixels)
+    return out, found
 
 
 def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | SequenceJob],

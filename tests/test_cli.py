@@ -16,12 +16,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from comfyui_gpen_restore.cli import main as cli
 from comfyui_gpen_restore.cli.image_files import ImageFileError, read_image
 from comfyui_gpen_restore.face_utils import PasteSettings, load_detector, pipeline
 from comfyui_gpen_restore.gpen_arch import GpenRunner
 from comfyui_gpen_restore.gpen_arch.runner import cpu_has_native_bf16
-from support import DETECTOR, EIGHT_BIT_ROUNDING, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line, read_rgb, run_cli, save_gpen
+from support import DETECTOR, EIGHT_BIT_ROUNDING, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line, read_rgb
+from support import run_cli, save_gpen, save_realesrnet
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -535,3 +537,39 @@ def test_a_mask_needs_a_repairing_model_first_and_a_repairing_model_needs_a_mask
     assert run_cli(["--input", photo, "--output", home / "o.png", *cli_args(models_dir), "--model", repairer,
                     "--mask", home / "small.png"], home) == 1
     assert "the damage mask is 50x60, the picture 512x600" in capsys.readouterr().err
+
+
+# --- selfie: the background upscaled ---------------------------------------------------------------------------
+
+
+def test_the_background_is_upscaled_and_the_faces_pasted_onto_it(models_dir, home, fixtures_dir, grace_face,
+                                                                  capsys):
+    """Upstream's selfie mode: the photo enlarged by an upscale model in upstream's RealESRNet layout (read by
+    spandrel), the restored face pasted onto it; elsewhere the picture is the upscaler's."""
+    upscaler = save_realesrnet(home / "realesrnet_x2.pth")
+    photo = fixtures_dir / "images" / "grace_hopper.jpg"
+    out = home / "selfie.png"
+    assert run_cli(["--input", photo, "--output", out, *cli_args(models_dir), "--background-upscale", upscaler],
+                   home) == 0
+    assert "realesrnet_x2.pth: the background is upscaled 2x" in capsys.readouterr().out
+    selfie = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    original = torch.from_numpy(read_rgb(photo)).permute(2, 0, 1)[None]
+    # What this test-made upscaler computes (see save_realesrnet): 2x2 means, enlarged 4x.
+    expected = F.interpolate(F.avg_pool2d(original, 2), scale_factor=4, mode="nearest")[0].permute(1, 2, 0).numpy()
+    assert selfie.shape == expected.shape == (1200, 1024, 3)
+    difference = np.abs(selfie - expected).max(axis=2)
+    x0, y0, x1, y1 = (2 * v for v in grace_face.box_xyxy)
+    face = (slice(max(int(y0) - 200, 0), int(y1) + 200), slice(max(int(x0) - 200, 0), int(x1) + 200))
+    assert difference[face].mean() > 0.02  # the face was pasted ...
+    difference[face] = 0
+    assert difference.max() <= EIGHT_BIT_ROUNDING + 1e-6  # ... onto the upscaled picture, untouched elsewhere
+
+
+def test_the_background_upscale_refuses_what_it_cannot_do(models_dir, home, fixtures_dir, capsys):
+    photo = fixtures_dir / "images" / "grace_hopper.jpg"
+    assert run_cli(["--input", photo, *cli_args(models_dir), "--background-upscale", home / "none.pth"], home) == 2
+    assert "no such file" in one_error_line(capsys.readouterr().err)
+    save_gpen(home / "not_an_upscaler.pth", 64)
+    assert run_cli(["--input", photo, *cli_args(models_dir), "--background-upscale", home / "not_an_upscaler.pth"],
+                   home) == 2
+    assert "not an upscale model spandrel reads" in one_error_line(capsys.readouterr().err)
