@@ -98,6 +98,16 @@ Pixel backends (`face_utils.pixels`)
     or TorchPixels(device) (a CUDA device: `face_utils.torch_pixels`, the twins of alignment.warp_face and
     paste.prepare_faces/blend_faces on tensors, within 1e-4 of them).
 
+Other face sources (`face_utils.landmark_faces`)
+    LandmarkFaces(payload): core ComfyUI's FACE_LANDMARKS (its MediaPipe face mesh) behind the FaceDetector
+    interface: the iris centres, nose tip and mouth corners become the five points, put in image order from the
+    face's own geometry.
+
+Repair (`face_utils.repair`)
+    RepairSettings(grow, feather); a picture-space damage mask is cut out with each face (with_damage), painted
+    white in the crop for GPEN-Inpainting (painted) and becomes the restored crop's alpha, grown and feathered
+    (paste_weight); paste-back weights a crop's mask by its alpha, so only the damage changes.
+
 Face parsing (`face_utils.parsing`)
     load_face_parser(model_dir, *, device="cpu") -> FaceParser (facexlib's ParseNet,
         parsing_parsenet.pth, resolved like detector weights).

@@ -2,7 +2,8 @@
 
 Only this package and the pack's `__init__.py` import ComfyUI (`comfy`, `folder_paths`, `comfy_api`). Rooms:
 `loaders` (GPEN model, face detector), `faces` (detect, restore, paste back, one-node restore), `inputs` (sockets,
-titles, shared widgets) and `models` (model files in ComfyUI's folders, placement through model management).
+titles, shared widgets), `models` (model files in ComfyUI's folders, placement through model management) and
+`host` (what the running ComfyUI offers beyond 0.8.0: search aliases, advanced inputs, its loaders' category).
 Socket types of our own: `GPEN_MODEL` (a `models.GpenModel`), `FACE_DETECTOR` (a `face_utils.FaceDetector`) and
 `GPEN_FACES` (a `face_utils.face_set.FaceSet`: the aligned faces of a batch, possibly none).
 """
