@@ -165,7 +165,8 @@ def host_version() -> tuple[int, int]:
 
 
 # Expert settings of the one-node restore, folded away where the host can (0.33: "Show advanced inputs").
-ADVANCED = {"max_faces", "template", "erosion", "feather", "temporal_smoothing", "max_gap", "detection_size"}
+ADVANCED = {"max_faces", "template", "erosion", "feather", "temporal_smoothing", "max_gap", "detection_size",
+            "luminance", "damage_grow", "damage_feather"}
 
 
 def test_the_nodes_use_what_the_host_offers(nodes, models):
