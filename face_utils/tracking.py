@@ -45,13 +45,16 @@ CUT_JUMP_FACE_SIZES = 1.0
 """A jump of the landmark centroid larger than the face size between consecutive frames is a scene cut."""
 CUT_SIZE_RATIO = 1.5
 """So is a box-size change beyond this ratio between consecutive frames (a cut from a wide shot to a close-up)."""
+SIGMA_CHOICES_FRAMES = tuple(float(s) for s in np.geomspace(0.5, 60.0, 25))
+"""Gaussian window sigmas (frames) of the local quadratic regression that smoothing 1 chooses among, per track
+segment, by leave-one-out cross-validation on the segment's own detections (`choose_sigma`). The detector's noise
+and the motion vary by clip, face size and detector, so no one window fits: a fixed sigma 5 made a face swaying
++-140 px every 48 frames less accurate than the raw detections (1.89 vs 1.58 px) while a still face could take
+far more. From 0.5 frames (almost no smoothing, for fast motion) to 60 (a still face over seconds)."""
 SMOOTHING_SIGMA_FRAMES = 5.0
-"""Gaussian window sigma (frames) of the local quadratic regression at smoothing 1. Detector landmark noise is
-~1-2 % of the face size per frame, independent between frames. At sigma 5 a still face's position error falls 3x
-(1.5 % -> 0.5 %, about a pixel on a 200-px face) and its frame-to-frame jitter 17x (benchmarks/bench_steadiness.py),
-while a head swaying with a 2 s period (60 frames) keeps 99 % of its amplitude. A local *linear* fit is as quiet
-at sigma 3 but keeps only 95 % (an offset between the pasted face and the head); both have zero lag on steady
-motion, unlike a moving average at a segment's ends or any causal filter."""
+"""The window sigma (frames) of `smooth_series` when a caller fixes one (`sigma_frames`)."""
+MIN_SEGMENT_FRAMES = 6
+"""Segments shorter than this are left as detected: too few frames to tell noise from motion."""
 MIN_SIGMA_FRAMES = 0.25
 """Below this sigma a neighbour's weight is under exp(-8): smoothing is skipped as a no-op."""
 
@@ -191,16 +194,17 @@ def faces_by_frame(tracks: Sequence[Track], frame_count: int) -> list[list[tuple
 def smooth_tracks(tracks: Sequence[Track], *, smoothing: float = 1.0) -> list[Track]:
     """Each track with its landmarks and box smoothed over time (scores, frames and ids unchanged).
 
-    Local quadratic regression in a Gaussian window of `SMOOTHING_SIGMA_FRAMES * smoothing` frames over each of
-    `Track.segments()` (never across a scene cut or a hole). Zero lag on steady and accelerating motion;
-    smoothing 0 returns the tracks as given, and a segment of one frame is left as it is. Smoothed records lose
-    their alignment fields (align afterwards) and keep their frame fingerprint.
+    Local quadratic regression in a Gaussian window over each of `Track.segments()` (never across a scene cut or
+    a hole), its width chosen for each segment from the segment's own detections (`choose_sigma`) and multiplied
+    by `smoothing`: 1 is that choice, 0 off, others scale it. Zero lag on steady and accelerating motion; a
+    segment shorter than `MIN_SEGMENT_FRAMES` is left as detected. Smoothed records lose their alignment fields
+    (align afterwards) and keep their frame fingerprint.
     """
-    if smoothing * SMOOTHING_SIGMA_FRAMES < MIN_SIGMA_FRAMES:
+    if smoothing == 0.0:
         return list(tracks)
     out = []
     for track in tracks:
-        smoothed = smooth_series(track.series(), track.segments(), smoothing=smoothing)
+        smoothed = smooth_series(track.series(), track.segments(), smoothing=smoothing, sigma_frames=None)
         faces = {frame: _with_vector(face, row) for (frame, face), row in zip(track.faces.items(), smoothed)}
         out.append(Track(track.track_id, faces, track.detected_frames))
     return out
@@ -211,7 +215,7 @@ def smooth_series(
     segments: Sequence[tuple[int, int]] | None = None,
     *,
     smoothing: float = 1.0,
-    sigma_frames: float = SMOOTHING_SIGMA_FRAMES,
+    sigma_frames: float | None = SMOOTHING_SIGMA_FRAMES,
 ) -> np.ndarray:
     """Zero-lag smoothing of a per-frame series along its first axis, segment by segment.
 
@@ -220,8 +224,9 @@ def smooth_series(
             `Track.frames` order).
         segments: half-open (start, stop) row ranges smoothed independently (`Track.segments()`); rows outside
             every segment are returned unchanged. None = one segment of all T rows.
-        smoothing: multiplies `sigma_frames` (0 or more); 0 returns a copy of `values`.
-        sigma_frames: Gaussian window sigma in frames at smoothing 1.
+        smoothing: multiplies the window's sigma (0 or more); 0 returns a copy of `values`.
+        sigma_frames: Gaussian window sigma in frames at smoothing 1; None chooses it per segment from the
+            segment's own rows (`choose_sigma`), which then leaves segments under `MIN_SEGMENT_FRAMES` rows alone.
 
     Returns:
         Array of the shape and float dtype of `values` (float64 for integer input).
@@ -232,20 +237,39 @@ def smooth_series(
     dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
     out = values.astype(np.float64)
     flat = out.reshape(len(values), -1)
-    sigma = smoothing * sigma_frames
     segments = [(0, len(values))] if segments is None else list(segments)
     covered = np.zeros(len(values), dtype=bool)
     for start, stop in segments:
         if not 0 <= start < stop <= len(values) or covered[start:stop].any():
             raise TrackingError(f"segment {(start, stop)} is empty, overlaps another or leaves the {len(values)} rows")
         covered[start:stop] = True
+        if sigma_frames is None:
+            sigma = smoothing * choose_sigma(flat[start:stop]) if stop - start >= MIN_SEGMENT_FRAMES else 0.0
+        else:
+            sigma = smoothing * sigma_frames
         if sigma >= MIN_SIGMA_FRAMES and stop - start > 1:
-            flat[start:stop] = _local_quadratic(flat[start:stop], sigma)
+            flat[start:stop] = _local_quadratic(flat[start:stop], sigma)[0]
     return out.astype(dtype, copy=False)
 
 
-def _local_quadratic(y: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-weighted local polynomial fit (degree 2, or 1 for two rows) of y [n, D] evaluated at each row."""
+def choose_sigma(y: np.ndarray) -> float:
+    """The window sigma (frames) among `SIGMA_CHOICES_FRAMES` whose local quadratic fit best predicts each row of
+    `y` [n, D] from the others (leave-one-out cross-validation, exact for this linear smoother: a row's own
+    residual divided by 1 - its own weight), or 0 (no smoothing) when the narrowest window predicts best: then the
+    rows hold no noise a window could average away (or move faster than any window follows). The data set the
+    amount: wide windows where the track is still or the detector noisy, narrow ones where the face moves fast."""
+    best_error, best_sigma = math.inf, 0.0
+    for sigma in SIGMA_CHOICES_FRAMES:
+        fitted, own_weight = _local_quadratic(y, sigma)
+        error = float((((y - fitted) / (1.0 - own_weight)[:, None]) ** 2).sum())
+        if error < best_error:
+            best_error, best_sigma = error, sigma
+    return 0.0 if best_sigma == SIGMA_CHOICES_FRAMES[0] else best_sigma
+
+
+def _local_quadratic(y: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-weighted local polynomial fit (degree 2, or 1 for two rows) of y [n, D] evaluated at each row, and
+    the weight each row has in its own fitted value [n]."""
     n = len(y)
     degree = min(2, n - 1)
     # +-3 sigma holds 99.7 % of the weight; at least `degree` neighbours on each side keep the fit determined.
@@ -261,7 +285,9 @@ def _local_quadratic(y: np.ndarray, sigma: float) -> np.ndarray:
         moments[inside] += powers
         sums[inside] += powers[: degree + 1, None] * y[rows[inside] + k][:, None, :]
     normal = moments[:, np.arange(degree + 1)[:, None] + np.arange(degree + 1)[None, :]]  # [n, d+1, d+1] Hankel
-    return np.linalg.solve(normal, sums)[:, 0, :]
+    inverse = np.linalg.inv(normal)
+    # A row's own weight: its window weight (1 at offset 0, where k^p is 0 but for p = 0) through the first row.
+    return np.einsum("nij,njd->nid", inverse[:, :1], sums)[:, 0, :], inverse[:, 0, 0]
 
 
 def _filled_track(track_id: int, seen: dict[int, FaceRecord]) -> Track:

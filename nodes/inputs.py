@@ -82,7 +82,8 @@ def tracking_inputs() -> list[io.Input]:
                        tooltip=(
             "For video frames: how strongly each face's landmarks are smoothed over time (a two-sided filter over "
             "the whole batch, so still faces stop jittering and moving faces do not lag; scene cuts are never "
-            "smoothed across). 0 = off. Single images are unaffected.")),
+            "smoothed across). 1 = as much as each face's own track shows is right (wide for a still face, "
+            "narrow for a fast one), 0 = off, other values scale that. Single images are unaffected.")),
         io.Int.Input("max_gap", default=5, min=0, max=60, optional=True, **advanced(), tooltip=(
             "For video frames: a face the detector misses for up to this many frames is still restored there, "
             "at a position interpolated from the frames around the gap (0 = never fill).")),
