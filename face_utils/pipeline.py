@@ -221,6 +221,7 @@ def restore_frames(
     pixels: Pixels = OPENCV_PIXELS,
     damage: DamageSource | None = None,
     repair: RepairSettings = RepairSettings(),
+    canvas: torch.Tensor | FrameSource | None = None,
 ) -> FaceSet:
     """Find the faces of all frames (`detect_faces`: records only, a few hundred bytes per face), then restore
     and paste frame by frame, handing each finished frame to `on_frame`: only one frame and its crops are alive
@@ -230,6 +231,9 @@ def restore_frames(
     With `damage` (frame index -> its damage mask [H, W], 1 = damaged) the faces are repaired (see
     `face_utils.repair`): crops are painted white where damaged and only the damage, grown and feathered by
     `repair`, is pasted back.
+
+    With `canvas` (the same frames uniformly scaled, e.g. upscaled 2x: upstream's selfie mode) the faces found and
+    restored on `frames` are pasted onto its frames instead, and those reach `on_frame`.
 
     Progress counts one step per frame for finding the faces, then one per face restored (one per faceless
     frame). Returns the `FaceSet` of the faces restored.
@@ -248,8 +252,15 @@ def restore_frames(
     total = frames_total + sum(len(positions.get(i, [None])) for i in range(frames_total))
     stream = _paste_stream(faces, paste_settings, parser, pixels, on_frame)
     damaged_faces = 0
+    if canvas is not None and len(canvas) != frames_total:
+        raise FaceInputError(f"the canvas has {len(canvas)} frame(s), the image {frames_total}: give it the image "
+                             "batch upscaled, frame for frame")
+    canvases = None if canvas is None else _frames(canvas, None)
     for frame_index, frame in _frames(frames, check_interrupted):
         frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
+        target = None if canvases is None else next(canvases)[1]
+        if target is not None:
+            _check_canvas(target, frame_faces, frame_index)
         crops = []
         if frame_faces and damage is not None:
             damaged = with_damage(frame, check_damage(damage(frame_index), frame.shape[:2]))
@@ -262,7 +273,7 @@ def restore_frames(
             crops = pixels.for_paste(restore(pixels.crops(frame, frame_faces), step))
         else:
             step()
-        stream.push(frame_index, frame, crops, frame_faces)
+        stream.push(frame_index, frame if target is None else pixels.upload(target), crops, frame_faces)
     stream.finish()
     if damage is not None and len(faces) and not damaged_faces:
         logger.warning("The damage mask covers none of the %d face(s) found: nothing to repair, the picture passes "
@@ -276,13 +287,16 @@ def restore_image(
     restore: RestoreFn,
     detect_settings: DetectSettings,
     paste_settings: PasteSettings,
+    *,
+    canvas: torch.Tensor | None = None,
     **options,
 ) -> tuple[torch.Tensor, torch.Tensor, FaceSet]:
-    """`restore_frames` on an IMAGE batch: returns the IMAGE `[B, H, W, C]`, the MASK `[B, H, W]` (zeros where
-    no face was pasted) and the faces, written frame by frame into one preallocated batch each."""
-    out_image, out_mask = _empty_results(image)
+    """`restore_frames` on an IMAGE batch: returns the IMAGE `[B, H, W, C]` (of the `canvas` option, when given),
+    the MASK `[B, H, W]` (zeros where no face was pasted) and the faces, written frame by frame into one
+    preallocated batch each."""
+    out_image, out_mask = _empty_results(image if canvas is None else canvas)
     faces = restore_frames(image, detector, restore, detect_settings, paste_settings,
-                           _store_into(out_image, out_mask), **options)
+                           _store_into(out_image, out_mask), canvas=canvas, **options)
     return out_image, out_mask, faces
 
 
@@ -300,6 +314,16 @@ def check_faces_fit_image(image: torch.Tensor, faces: Sequence[FaceRecord]) -> N
             canvas_scale_xy((image.shape[1], image.shape[2]), face.image_size_hw)
         except CanvasMismatchError as exc:
             raise FaceInputError(str(exc)) from exc
+
+
+def _check_canvas(canvas: np.ndarray, faces: Sequence[FaceRecord], frame_index: int) -> None:
+    """Raise `FaceInputError` unless the canvas frame is the picture `faces` were found in, uniformly scaled."""
+    for face in faces:
+        try:
+            canvas_scale_xy(canvas.shape[:2], face.image_size_hw)
+        except CanvasMismatchError as exc:
+            raise FaceInputError(f"canvas frame {frame_index}: {exc}") from exc
+    check_same_picture(canvas, faces, frame_index)
 
 
 def check_same_picture(frame: np.ndarray, faces: Sequence[FaceRecord], frame_index: int) -> None:

@@ -107,6 +107,13 @@ def luminance_input() -> io.Combo.Input:
         "output. Colour correction is off for colourised faces (it would pull them back to grey)."))
 
 
+def canvas_input() -> io.Input:
+    return io.Image.Input("canvas", optional=True, tooltip=(
+        "Optional: the same image enlarged (e.g. by core's 'Upscale Image (using Model)' with realesrnet_x2): the "
+        "restored faces are pasted onto it and the outputs have its size. Upstream GPEN's selfie mode in one node: "
+        "GPEN-BFR-2048 for the faces, an upscaler for the background."))
+
+
 def damage_input() -> io.Input:
     return io.Mask.Input("damage", optional=True, tooltip=(
         "For repairing models (GPEN-Inpainting): where the picture is damaged (white = scratched, torn or missing), "

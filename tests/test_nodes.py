@@ -708,3 +708,20 @@ def test_auto_precision_is_chosen_for_where_gpen_runs(nodes, models, comfy, monk
     monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **kwargs: torch.device(device).type == "cuda")
     model = run(nodes.GPENModelLoader, "GPEN-BFR-64.pth", "auto", False).result[0]
     assert model.runner.dtype == dtype
+
+
+def test_the_one_node_restore_pastes_onto_an_upscaled_canvas(nodes, model, detector, grace):
+    """Upstream's selfie mode in one node: faces found and restored on the image, pasted onto its 2x copy; the
+    same faces as pasting the separate nodes' crops onto that copy, and the copy untouched outside the mask."""
+    image = image_batch(grace)
+    canvas = torch.nn.functional.interpolate(image.movedim(-1, 1), scale_factor=2, mode="bicubic").clamp(0, 1)
+    canvas = canvas.movedim(1, -1).contiguous()
+    out, mask = one_node(nodes, image, model, detector, canvas=canvas)
+    assert out.shape == canvas.shape and mask.shape == canvas.shape[:3]
+    crops, faces, _ = detect(nodes, image, detector, model)
+    restored = run(nodes.GPENRestoreFaces, model, crops, 0.8).result[0]
+    separate, separate_mask = paste(nodes, canvas, restored, faces)
+    torch.testing.assert_close(out, separate, atol=SAME_ROUTE_TOLERANCE, rtol=0)
+    assert torch.equal(out[mask == 0], canvas[mask == 0]) and (out - canvas).abs().max() > 0.05
+    with pytest.raises(ValueError, match="canvas frame 0"):
+        one_node(nodes, image, model, detector, canvas=canvas[:, :, :-100])
