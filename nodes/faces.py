@@ -230,7 +230,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                                          detection_size=detection_size)
         paste_settings = PasteSettings(mask_shape=mask_shape, erosion=erosion, feather=feather,
                                        color_correction=color_correction)
-        if gpen_model.runner.task == "colourise":
+        if runner.task == "colourise":
             # Only inside the face mask does colour appear: the rest of a black-and-white photo stays as it was.
             paste_settings = paste_settings.for_colourised(keep_luminance=luminance == "keep")
         progress = comfy.utils.ProgressBar(image.shape[0])
