@@ -36,7 +36,8 @@ models=2048; [ "$device" = cpu ] && models=512
 echo
 echo "## Tests that use CUDA when it is there"
 # test_face_pipeline: restored crops stay on a CUDA device; test_gpen_arch: fp32 runs without TF32;
-# test_torch_pixels: the torch pixel path (CPU here, the same code on the GPU) against OpenCV.
+# test_torch_pixels: the torch pixel path (CPU here, the same code on the GPU) against OpenCV; test_repair: the
+# repair's paste on the device.
 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_torch_pixels.py tests/test_face_pipeline.py \
-  tests/test_gpen_arch.py -k "torch_pixels or crops_device or tf32" || status=1
+  tests/test_gpen_arch.py tests/test_repair.py -k "torch_pixels or crops_device or tf32 or device" || status=1
 exit $status

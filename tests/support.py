@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from comfyui_gpen_restore.face_utils import FaceRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The torch pixel backend's device in tests: a CUDA GPU where there is one (benchmarks/gpu_check.sh), else the CPU
+# (the same code).
+TEST_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 # Small random GPENs keep tests to fractions of a second per face (GPEN-2048 takes seconds on a CPU).
 SMALL_GPEN = {"style_dim": 64, "n_mlp": 2, "channel_multiplier": 1, "narrow": 0.125}

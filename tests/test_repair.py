@@ -13,7 +13,7 @@ from comfyui_gpen_restore.face_utils import PasteSettings, align_face, warp_face
 from comfyui_gpen_restore.face_utils import pipeline
 from comfyui_gpen_restore.face_utils.pixels import TorchPixels
 from comfyui_gpen_restore.face_utils.repair import DAMAGE_FLOOR, RepairSettings, damage_frames, paste_weight
-from support import image_batch
+from support import TEST_DEVICE, image_batch
 
 # Crop values against the same warp of the undamaged frame: the two warps run the same kernels on the same pixels.
 SAME_WARP_TOLERANCE = 1e-6
@@ -90,7 +90,7 @@ def test_only_the_grown_damage_is_pasted_and_nothing_else_changes(grace, grace_f
 def test_the_repair_agrees_on_a_device(grace, grace_face):
     damage = scratch(grace.shape[:2], grace_face)
     expected, expected_mask, _ = run(grace, grace_face, damage)
-    result, mask, _ = run(grace, grace_face, damage, pixels=TorchPixels(torch.device("cpu")))
+    result, mask, _ = run(grace, grace_face, damage, pixels=TorchPixels(TEST_DEVICE))
     # The device path resamples with torch: its budget is test_torch_pixels' (3e-4 per pixel).
     assert np.abs(result - expected).max() <= 3e-4 and np.abs(mask - expected_mask).max() <= 3e-4
     np.testing.assert_array_equal(result[mask == 0], grace[mask == 0])

@@ -31,7 +31,7 @@ from comfyui_gpen_restore.face_utils.parsing import (
 from comfyui_gpen_restore.face_utils.paste_stream import PasteStream
 from comfyui_gpen_restore.face_utils.pixels import OPENCV_PIXELS, TorchPixels, choose_pixels
 from comfyui_gpen_restore.gpen_arch.runner import ieee_fp32
-from support import DETECTOR, read_rgb
+from support import DETECTOR, TEST_DEVICE, read_rgb
 
 # The same cubic samples and filters, but each path rounds its sample positions to float32 on its own (an ulp is
 # 3e-5-6e-5 px at these 300-600 px frames; a few roundings each), and the photos' edges rise by up to 0.55 per
@@ -40,8 +40,7 @@ from support import DETECTOR, read_rgb
 TOLERANCE = 3e-4
 # Masks are smooth in the sample positions (a feather of many pixels): measured up to 6e-7.
 MASK_TOLERANCE = 1e-5
-# The torch backend on a CUDA GPU where there is one (benchmarks/gpu_check.sh), else on the CPU: the same code.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE = TEST_DEVICE
 ON_DEVICE = TorchPixels(DEVICE)
 
 
