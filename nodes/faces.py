@@ -156,7 +156,9 @@ class GPENPasteFaces(io.ComfyNode):
                 "position). Also outputs the paste mask."),
             inputs=[
                 io.Image.Input("image", tooltip="The image the faces were detected on, or an upscaled copy of it."),
-                io.Image.Input("face_crops", tooltip="Restored crops, in the order of `faces` (one per face)."),
+                io.Image.Input("face_crops", tooltip=(
+                    "Restored crops, in the order of `faces` (one per face). A crop with alpha (a repaired face's) "
+                    "is pasted only where its alpha is: its damage, grown and feathered.")),
                 FacesSocket.Input("faces", tooltip=f"From the same '{TITLES['GPENDetectFaces']}' node as the crops."),
                 *paste_inputs(),
                 io.Float.Input("opacity", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=(
