@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-gap", type=int, default=DEFAULT_MAX_GAP,
                         help="videos and --sequence: frames a face may go undetected and keep its track (the gap "
                         "is filled in)")
+    parser.add_argument("--temporal-consistency", action="store_true",
+                        help="videos and --sequence: steady the detail GPEN invents, averaging each restored face "
+                        "with the same person's in the neighbouring frames where their inputs agree")
     parser.add_argument("--detection-size", type=int, default=0,
                         help="long side in pixels of the copy the detector sees; 0 = full resolution, in tiles "
                         "above 1920x1088 (finds small faces); 1024 is faster on large images")

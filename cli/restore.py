@@ -54,6 +54,7 @@ class Session:
     damage: np.ndarray | None = None  # --mask: where every input is damaged (a repairing model's input)
     repair_settings: RepairSettings = RepairSettings()
     upscaler: Upscaler | None = None  # --background-upscale: the canvas photos' faces are pasted onto
+    temporal_consistency: bool = False  # --temporal-consistency, for videos and --sequence
 
     @classmethod
     def start(cls, args: argparse.Namespace, models: list[tuple[Path, str]], device: torch.device,
@@ -88,7 +89,7 @@ class Session:
             keep = args.luminance == "keep" and all(runner.task == "colourise" for runner in runners)
             paste_settings = paste_settings.for_colourised(keep_luminance=keep)
         return cls(runners, device, args.strength, args.luminance, detect_settings, paste_settings, progress, damage,
-                   repair_settings)
+                   repair_settings, temporal_consistency=args.temporal_consistency)
 
     def repair(self) -> dict:
         """The pipeline's repair arguments: the --mask for every frame (none without one)."""
@@ -205,7 +206,8 @@ def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | 
         progress.begin(len(frames), "frames")
         return pipeline.restore_frames(frames, faces.detector, session.restore, session.detect_settings,
                                        session.paste_settings, on_frame, parser=faces.parser,
-                                       on_progress=progress.steps, pixels=faces.pixels, **session.repair())
+                                       on_progress=progress.steps, pixels=faces.pixels, **session.repair(),
+                                       temporal_consistency=session.temporal_consistency)
 
     failures = []
     for job in jobs:

@@ -35,6 +35,7 @@ from .pixels import OPENCV_PIXELS, Pixels
 from .records import FaceRecord
 from .repair import RepairSettings, check_damage, painted, paste_weight, with_damage
 from .selection import select_tracks
+from .temporal import TemporalConsistency
 from .tracking import assign_tracks, faces_by_frame, smooth_tracks
 
 logger = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ def restore_frames(
     damage: DamageSource | None = None,
     repair: RepairSettings = RepairSettings(),
     canvas: torch.Tensor | FrameSource | None = None,
+    temporal_consistency: bool = False,
 ) -> FaceSet:
     """Find the faces of all frames (`detect_faces`: records only, a few hundred bytes per face), then restore
     and paste frame by frame, handing each finished frame to `on_frame`: only one frame and its crops are alive
@@ -234,6 +236,9 @@ def restore_frames(
 
     With `canvas` (the same frames uniformly scaled, e.g. upscaled 2x: upstream's selfie mode) the faces found and
     restored on `frames` are pasted onto its frames instead, and those reach `on_frame`.
+
+    With `temporal_consistency` each restored face is combined with its track's neighbours where their inputs agree
+    (see `face_utils.temporal`), so restored detail does not flicker; frames are pasted a few frames later.
 
     Progress counts one step per frame for finding the faces, then one per face restored (one per faceless
     frame). Returns the `FaceSet` of the faces restored.
@@ -256,6 +261,10 @@ def restore_frames(
         raise FaceInputError(f"the canvas has {len(canvas)} frame(s), the image {frames_total}: give it the image "
                              "batch upscaled, frame for frame")
     canvases = None if canvas is None else _frames(canvas, None)
+    steady = None
+    if temporal_consistency:
+        steady = TemporalConsistency(lambda index, target, restored, faces_: stream.push(
+            index, target, [] if restored is None else pixels.for_paste(restored), faces_), faces.shots)
     for frame_index, frame in _frames(frames, check_interrupted):
         frame_faces = [faces.faces[p] for p in positions.get(frame_index, [])]
         target = None if canvases is None else next(canvases)[1]
@@ -266,14 +275,31 @@ def restore_frames(
             damaged = with_damage(frame, check_damage(damage(frame_index), frame.shape[:2]))
             cut = painted(pixels.crops(pixels.upload(damaged), frame_faces))
             damaged_faces += int((cut[..., 3].flatten(1).amax(dim=1) > 0).sum())
-            crops = pixels.for_paste(paste_weight(restore(cut, step), cut[..., 3], repair))
+            repaired = paste_weight(restore(cut, step), cut[..., 3], repair)
             frame = pixels.upload(frame)
+            if steady is not None:  # a repair is not steadied: it fills what no neighbour shows either
+                steady.push(frame_index, frame if target is None else pixels.upload(target), frame_faces, None,
+                            repaired)
+                continue
+            crops = pixels.for_paste(repaired)
+        elif frame_faces and steady is not None:
+            frame = pixels.upload(frame)
+            cut = pixels.crops(frame, frame_faces)
+            steady.push(frame_index, frame if target is None else pixels.upload(target), frame_faces, cut,
+                        restore(cut, step))
+            continue
         elif frame_faces:
             frame = pixels.upload(frame)
             crops = pixels.for_paste(restore(pixels.crops(frame, frame_faces), step))
         else:
             step()
-        stream.push(frame_index, frame if target is None else pixels.upload(target), crops, frame_faces)
+        target = frame if target is None else pixels.upload(target)
+        if steady is not None:
+            steady.push(frame_index, target, frame_faces, None, None)
+        else:
+            stream.push(frame_index, target, crops, frame_faces)
+    if steady is not None:
+        steady.finish()
     stream.finish()
     if damage is not None and len(faces) and not damaged_faces:
         logger.warning("The damage mask covers none of the %d face(s) found: nothing to repair, the picture passes "

@@ -21,8 +21,8 @@ from ..face_utils.preview import draw_faces
 from ..gpen_arch.runner import MAX_BATCH_SIZE, crops_rgb, with_luminance
 from .inputs import CATEGORY, OUTPUT_SIZES, TITLES, FacesSocket, GpenModelSocket, detector_input, face_size_input
 from .inputs import image_and_mask_outputs, model_input, named_errors, paste_inputs, schema, selection_inputs
-from .inputs import canvas_input, damage_input, luminance_input, repair_inputs, strength_input, template_input, title
-from .inputs import tracking_inputs
+from .inputs import canvas_input, consistency_input, damage_input, luminance_input, repair_inputs, strength_input
+from .inputs import template_input, title, tracking_inputs
 from .models import GpenModel, bind_restorer, on_device, parser_for
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 io.Image.Input("image", tooltip="The image or batch of frames whose faces to restore."),
                 model_input(), detector_input(), strength_input(), *selection_inputs(), template_input(),
                 *paste_inputs(), *tracking_inputs(), luminance_input(), damage_input(), *repair_inputs(),
-                canvas_input(),
+                canvas_input(), consistency_input(),
             ],
             outputs=image_and_mask_outputs(),
         )
@@ -211,7 +211,8 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 max_faces, template, mask_shape, erosion, feather, color_correction, temporal_smoothing: float = 1.0,
                 max_gap: int = 5, detection_size: int = 0, luminance: str = "keep", damage: torch.Tensor | None = None,
                 damage_grow: float = RepairSettings.grow,
-                damage_feather: float = RepairSettings.feather, canvas: torch.Tensor | None = None) -> io.NodeOutput:
+                damage_feather: float = RepairSettings.feather, canvas: torch.Tensor | None = None,
+                temporal_consistency: bool = False) -> io.NodeOutput:
         check_image_batch(image)
         if canvas is not None:
             check_image_batch(canvas, name="canvas")
@@ -246,7 +247,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 on_progress=lambda done, total: progress.update_absolute(done, total),
                 check_interrupted=mm.throw_exception_if_processing_interrupted,
                 pixels=choose_pixels(mm.get_torch_device()), damage=damage_source, repair=repair_settings,
-                canvas=canvas,
+                canvas=canvas, temporal_consistency=temporal_consistency,
             )
         log_faces(cls, faces, "the image passes through unchanged, the mask is empty")
         device = mm.intermediate_device()

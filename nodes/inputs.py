@@ -107,6 +107,14 @@ def luminance_input() -> io.Combo.Input:
         "output. Colour correction is off for colourised faces (it would pull them back to grey)."))
 
 
+def consistency_input() -> io.Input:
+    return io.Boolean.Input("temporal_consistency", default=False, optional=True, **advanced(), tooltip=(
+        "For video frames: steady the detail GPEN invents (pores, hair, lashes), which otherwise differs from frame "
+        "to frame and shimmers: each restored face is averaged with the same person's in the 3 frames before and "
+        "after, pixel by pixel, where their inputs agree, so a blink or a moving mouth still follows the video. "
+        "Never across a cut; not for repaired faces."))
+
+
 def canvas_input() -> io.Input:
     return io.Image.Input("canvas", optional=True, tooltip=(
         "Optional: the same image enlarged (e.g. by core's 'Upscale Image (using Model)' with realesrnet_x2): the "

@@ -284,3 +284,20 @@ def test_a_long_video_never_holds_all_its_frames(models_dir, home, monkeypatch):
     assert len(refs) == 2 * 30  # each pass decodes every frame again
     assert peak[0] <= 8  # a few frames (the paste-back's colour window), not the video's 30
     assert len(decode(home / "out.mp4")[0]) == 30
+
+
+def test_temporal_consistency_reaches_every_frame_of_a_sequence(models_dir, home, fixtures_dir, monkeypatch):
+    """--temporal-consistency: every frame's faces go through the steadying stage, and all frames are written."""
+    from comfyui_gpen_restore.face_utils import temporal
+
+    seen = []
+    real_push = temporal.TemporalConsistency.push
+    monkeypatch.setattr(temporal.TemporalConsistency, "push",
+                        lambda self, index, *rest: seen.append(index) or real_push(self, index, *rest))
+    frames_dir, out = home / "frames", home / "out"
+    frames_dir.mkdir()
+    for index, frame in enumerate(moving_frames(read_rgb(fixtures_dir / "images" / "grace_hopper.jpg"), 6)):
+        cv2.imwrite(str(frames_dir / f"frame{index}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert run_cli(["--input", frames_dir, "--sequence", "--output", out, "--temporal-consistency",
+                    *cli_args(models_dir)], home) == 0
+    assert seen == list(range(6)) and len(list(out.iterdir())) == 6

@@ -166,7 +166,7 @@ def host_version() -> tuple[int, int]:
 
 # Expert settings of the one-node restore, folded away where the host can (0.33: "Show advanced inputs").
 ADVANCED = {"max_faces", "template", "erosion", "feather", "temporal_smoothing", "max_gap", "detection_size",
-            "luminance", "damage_grow", "damage_feather"}
+            "luminance", "damage_grow", "damage_feather", "temporal_consistency"}
 
 
 def test_the_nodes_use_what_the_host_offers(nodes, models):
@@ -725,3 +725,17 @@ def test_the_one_node_restore_pastes_onto_an_upscaled_canvas(nodes, model, detec
     assert torch.equal(out[mask == 0], canvas[mask == 0]) and (out - canvas).abs().max() > 0.05
     with pytest.raises(ValueError, match="canvas frame 0"):
         one_node(nodes, image, model, detector, canvas=canvas[:, :, :-100])
+
+
+def test_the_one_node_restore_steadies_restored_detail_when_asked(nodes, model, detector, grace, monkeypatch):
+    """temporal_consistency reaches the pipeline: on a still 5-frame shot with a GPEN that invents fresh detail
+    every frame (random weights plus noise), the pasted faces change less from frame to frame."""
+    generator = torch.Generator().manual_seed(0)
+    real_forward = model.runner.module.forward
+    monkeypatch.setattr(model.runner.module, "forward",
+                        lambda x: real_forward(x) + 0.2 * torch.randn(x.shape, generator=generator))
+    image = image_batch(*[grace] * 5)
+    plain, mask = one_node(nodes, image, model, detector)
+    steady, _ = one_node(nodes, image, model, detector, temporal_consistency=True)
+    core = mask[0] > 0.99
+    assert (steady[1:] - steady[:-1]).abs()[:, core].mean() < 0.6 * (plain[1:] - plain[:-1]).abs()[:, core].mean()
