@@ -1,8 +1,11 @@
 """Restored detail that holds still on video (`temporal_consistency`): measured with a test restorer that invents
 fresh detail every frame, as a GAN does (random weights cannot show it): on a still face the pasted face flickers
-at most half as much as without; a blink in the input is followed; a scene's faces are never mixed with another's."""
+at most half as much as without; a blink in the input is followed; a face moving over its background leaves no
+ghost; a scene's faces are never mixed with another's."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -98,3 +101,48 @@ def test_faces_of_another_shot_are_never_combined(grace, grace_face):
     core = mask[8] > 0.99
     # Across the cut the picture inverts: a blend with the first shot's faces would pull frame 8 towards them.
     assert (steady[8][core] - plain[8][core]).abs().mean() < 0.03
+
+
+def test_a_moving_face_leaves_no_ghost(grace, grace_face, monkeypatch):
+    """The face moves 6 px a frame over a still background (so its aligned crops agree on the face and not around
+    it). With a restorer that invents nothing, the combined faces must equal the per-frame ones: any difference is
+    a ghost of the neighbours' surroundings. Switching the input agreement off shows what the test catches."""
+    from comfyui_gpen_restore.face_utils import temporal
+
+    patch = grace[60:380, 120:400]  # the head, moved as a whole
+    stripes = 0.3 + 0.4 * ((np.arange(512) // 8) % 2).astype(np.float32)  # a background with structure
+    background = np.tile(stripes[None, :, None], (600, 1, 3))
+    frames = []
+    for t in range(FRAMES):
+        frame = background.copy()
+        frame[60:380, 60 + 6 * t : 340 + 6 * t] = patch
+        frames.append(frame)
+
+    class Moving:
+        name = "stand-in"
+
+        def detect(self, frame, *, frame_index=0, **_):
+            dx = 6 * frame_index - 60
+            face = grace_face.with_frame(frame_index)
+            x0, y0, x1, y1 = face.box_xyxy
+            return [dataclasses.replace(face, box_xyxy=(x0 + dx, y0, x1 + dx, y1),
+                                        landmarks_xy=tuple((x + dx, y) for x, y in face.landmarks_xy))]
+
+    def restore(crops, on_face):
+        for _ in range(crops.shape[0]):
+            on_face()
+        return crops[..., :3].clone()
+
+    settings = pipeline.DetectSettings(crop_size=256, score_threshold=0.5, smoothing=0.0)
+    batch = image_batch(*frames)
+
+    def ghost() -> float:
+        (plain, mask, _), (steady, _, _) = [
+            pipeline.restore_image(batch, Moving(), restore, settings, PasteSettings(color_correction=False),
+                                   temporal_consistency=consistent) for consistent in (False, True)]
+        return (steady - plain).abs()[mask > 0.5].mean().item()
+
+    kept = ghost()
+    monkeypatch.setattr(temporal, "AGREEMENT_SCALE", 1e9)
+    blind = ghost()
+    assert kept < 0.25 * blind and kept < 0.01, (kept, blind)

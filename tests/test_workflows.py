@@ -646,7 +646,8 @@ SAVED = Path(__file__).parent / "fixtures" / "saved_workflows"
 ADDED_INPUTS = {"GPENModelLoader": {"task": "auto"},
                 "GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0},
                 "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0,
-                                            "luminance": "keep", "damage_grow": 0.02, "damage_feather": 0.03},
+                                            "luminance": "keep", "damage_grow": 0.02, "damage_feather": 0.03,
+                                            "temporal_consistency": False},
                 "GPENRestoreFaces": {"output_size": "model", "luminance": "keep", "damage_grow": 0.02,
                                      "damage_feather": 0.03}}
 FIRST_RELEASE = ["restore_photo", "quick_restore", "after_face_swap", "after_generation", "video_frames"]
