@@ -42,7 +42,7 @@ class _Frame:
     index: int
     frame: object
     faces: Sequence[FaceRecord]
-    inputs: list[torch.Tensor] | None  # aligned input crops as compared (`compared`), one per face
+    inputs: list[torch.Tensor] | None  # aligned input crops as compared (`_blurred`), one per face
     restored: torch.Tensor | None  # restored crops [n, S', S', C], combined
 
 
@@ -92,7 +92,6 @@ class TemporalConsistency:
                 out[position] = combine(current.inputs[position], current.restored[position], neighbours)
         return out
 
-
     def _shot(self, index: int) -> int:
         return next((number for number, (start, stop) in enumerate(self.shots) if start <= index < stop), -1)
 
@@ -101,7 +100,7 @@ def combine(own_input: torch.Tensor, own: torch.Tensor,
             neighbours: Sequence[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """A restored crop [S', S', C] averaged with its neighbours' (offset in frames, compared input, restored), each
     pixel weighted by the time Gaussian and by how alike the inputs are there (see the module). Inputs come as
-    `compared` makes them."""
+    `_blurred` makes them."""
     size = own.shape[0]
     differences = [((own_input - other_input) ** 2).sum(dim=-1) for _offset, other_input, _restored in neighbours]
     # The typical difference between inputs of the track: consecutive frames' noise (and slow motion).
