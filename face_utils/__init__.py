@@ -103,6 +103,11 @@ Other face sources (`face_utils.landmark_faces`)
     interface: the iris centres, nose tip and mouth corners become the five points, put in image order from the
     face's own geometry.
 
+Temporal consistency (`face_utils.temporal`)
+    TemporalConsistency(emit, shots): between restore and paste in the frame loop (`restore_frames(...,
+    temporal_consistency=True)`), each restored face averaged with its track's neighbours within 3 frames where
+    their aligned inputs agree, so invented detail does not flicker; 7 frames held.
+
 Repair (`face_utils.repair`)
     RepairSettings(grow, feather); a picture-space damage mask is cut out with each face (with_damage), painted
     white in the crop for GPEN-Inpainting (painted) and becomes the restored crop's alpha, grown and feathered
