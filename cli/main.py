@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None, *, script_dir: Path | None = None) -
 def _run(args: argparse.Namespace, script_dir: Path) -> int:
     """Plan the jobs, then restore them. The setup errors a user fixes (a model or weights file missing or not
     GPEN's, a library not installed) become `CommandLineError`s."""
-    model_tasks(args)  # the options first, then the paths, all before any heavy import
+    tasks = model_tasks(args)  # the options first, then the paths, all before any heavy import
     if args.background_upscale is not None:
         if args.aligned or args.mask is not None or args.sequence:
             raise CommandLineError("--background-upscale enlarges whole photos: it does not go with --aligned, "
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace, script_dir: Path) -> int:
     from ..face_utils.weights import WeightsUnavailableError
 
     try:
-        return _restore(args, jobs, sequences, script_dir)
+        return _restore(args, tasks, jobs, sequences, script_dir)
     except (UnsupportedCheckpointError, MissingDependencyError, WeightsUnavailableError, FileNotFoundError) as exc:
         raise CommandLineError(str(exc)) from exc
 
@@ -206,8 +206,8 @@ def model_tasks(args: argparse.Namespace) -> list[str]:
     return tasks
 
 
-def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob | SequenceJob],
-             script_dir: Path) -> int:
+def _restore(args: argparse.Namespace, tasks: list[str], jobs: list[Job],
+             sequences: list[VideoJob | SequenceJob], script_dir: Path) -> int:
     # The pipeline and the model need torch and OpenCV: imported only now that the command line has been checked.
     from ..face_utils.face_set import DetectSettings
     from ..face_utils.paste import PasteSettings
@@ -235,7 +235,6 @@ def _restore(args: argparse.Namespace, jobs: list[Job], sequences: list[VideoJob
     model_paths = args.model or [default_model(roots)]
     for model_path in model_paths:
         check_model_path(model_path)
-    tasks = model_tasks(args)
     # Where gpen_arch would name ComfyUI's folder: the user gave a file, not a folder.
     model_advice = f"Expected a GPEN-BFR model file ({', '.join(GPEN_EXTENSIONS)}). {DOWNLOAD_HINT}"
     progress = ProgressLine(len(jobs))

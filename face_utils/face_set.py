@@ -25,8 +25,8 @@ class DetectSettings:
     one of `face_utils.TEMPLATES`. Faces are tracked through each shot of a batch (see `face_utils.tracking`):
     `order` numbers the tracks, `index` picks them by track id and `max_faces` keeps the first of them, once per
     shot, so a person is restored in every frame or in none; `min_face_size` (frame pixels, 0 keeps every face)
-    applies to a track's median size. `smoothing` scales the temporal smoothing of landmarks (1 = the window each track's
-    own detections choose, 0 = off; see `tracking.smooth_tracks`) and
+    applies to a track's median size. `smoothing` scales the temporal smoothing of landmarks (1 = the window each
+    track's own detections choose, 0 = off; see `tracking.smooth_tracks`) and
     `max_gap` is the number of missed frames a track survives, filled by interpolation. `detection_size` is the
     long side of the copy the detector sees (0 = full resolution, tiled when large; see `FaceDetector.detect`).
     """

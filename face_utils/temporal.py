@@ -79,11 +79,10 @@ class TemporalConsistency:
     def _combined(self, current: _Frame) -> torch.Tensor | None:
         if current.restored is None or current.inputs is None:
             return current.restored
-        out = current.restored.clone()
+        out, shot = current.restored.clone(), self._shot(current.index)
         for position, face in enumerate(current.faces):
             if face.track_id is None:
                 continue
-            shot = self._shot(current.index)
             neighbours = [(other.index - current.index, other.inputs[i], other.restored[i])
                           for other in self.window if other is not current and other.inputs is not None
                           and abs(other.index - current.index) <= self.radius and self._shot(other.index) == shot

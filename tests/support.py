@@ -112,6 +112,18 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+class GivenFace:
+    """A stand-in detector that reports one given face (a `FaceRecord`) in every frame."""
+
+    name = "stand-in"
+
+    def __init__(self, face: FaceRecord) -> None:
+        self.face = face
+
+    def detect(self, frame: np.ndarray, *, frame_index: int = 0, **_) -> list[FaceRecord]:
+        return [self.face.with_frame(frame_index)]
+
+
 def save_realesrnet(path: Path, blocks: int = 2) -> Path:
     """A RealESRNet x2 in upstream GPEN's layout (`realesrnet_x2.pth`: BasicSR's RRDBNet state dict under
     "params_ema", 32 features, the input pixel-unshuffled to 12 channels), what core ComfyUI's upscaler reads,

@@ -22,8 +22,8 @@ from comfyui_gpen_restore.cli.image_files import ImageFileError, read_image
 from comfyui_gpen_restore.face_utils import PasteSettings, load_detector, pipeline
 from comfyui_gpen_restore.gpen_arch import GpenRunner
 from comfyui_gpen_restore.gpen_arch.runner import cpu_has_native_bf16
-from support import DETECTOR, EIGHT_BIT_ROUNDING, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line, read_rgb
-from support import run_cli, save_gpen, save_realesrnet
+from support import DETECTOR, EIGHT_BIT_ROUNDING, REPO_ROOT, CodePayload, cli_args, image_batch, one_error_line
+from support import read_rgb, run_cli, save_gpen, save_realesrnet
 
 
 def read_png(path: Path) -> np.ndarray:

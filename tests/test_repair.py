@@ -13,22 +13,10 @@ from comfyui_gpen_restore.face_utils import PasteSettings, align_face, warp_face
 from comfyui_gpen_restore.face_utils import pipeline
 from comfyui_gpen_restore.face_utils.pixels import TorchPixels
 from comfyui_gpen_restore.face_utils.repair import DAMAGE_FLOOR, RepairSettings, damage_frames, paste_weight
-from support import TEST_DEVICE, image_batch
+from support import TEST_DEVICE, GivenFace, image_batch
 
 # Crop values against the same warp of the undamaged frame: the two warps run the same kernels on the same pixels.
 SAME_WARP_TOLERANCE = 1e-6
-
-
-class OneFace:
-    """A detector that reports one given face in every frame."""
-
-    name = "stand-in"
-
-    def __init__(self, face) -> None:
-        self.face = face
-
-    def detect(self, frame, *, frame_index=0, **_):
-        return [self.face.with_frame(frame_index)]
 
 
 def scratch(shape: tuple[int, int], face) -> np.ndarray:
@@ -49,7 +37,7 @@ def run(image: np.ndarray, face, damage: np.ndarray, settings=RepairSettings(), 
         return torch.full((crops.shape[0], *crops.shape[1:3], 3), 0.25)  # a flat "repair", easy to find
 
     frames = image_batch(image)
-    out, mask, _ = pipeline.restore_image(frames, OneFace(face), repair, pipeline.DetectSettings(crop_size=256),
+    out, mask, _ = pipeline.restore_image(frames, GivenFace(face), repair, pipeline.DetectSettings(crop_size=256),
                                           PasteSettings(color_correction=False),
                                           damage=damage_frames(torch.from_numpy(damage), 1, image.shape[:2]),
                                           repair=settings, **options)

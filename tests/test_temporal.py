@@ -8,25 +8,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 import torch
 
 from comfyui_gpen_restore.face_utils import PasteSettings
 from comfyui_gpen_restore.face_utils import pipeline
-from support import image_batch
+from support import GivenFace, image_batch
 
 FRAMES = 15
 BLINK = range(6, 9)  # frames whose eyes are closed
-
-
-class OneFace:
-    name = "stand-in"
-
-    def __init__(self, face) -> None:
-        self.face = face
-
-    def detect(self, frame, *, frame_index=0, **_):
-        return [self.face.with_frame(frame_index)]
 
 
 def inventing_restorer(seed: int = 0):
@@ -57,7 +46,7 @@ def video(grace, grace_face, blink: bool) -> torch.Tensor:
 
 def run(frames, grace_face, consistent: bool):
     settings = pipeline.DetectSettings(crop_size=256, score_threshold=0.5)
-    out, mask, faces = pipeline.restore_image(frames, OneFace(grace_face), inventing_restorer(),
+    out, mask, faces = pipeline.restore_image(frames, GivenFace(grace_face), inventing_restorer(),
                                               settings, PasteSettings(color_correction=False),
                                               temporal_consistency=consistent)
     assert len(faces) == FRAMES and faces.faces[0].track_id == 0
