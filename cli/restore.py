@@ -80,7 +80,7 @@ class Session:
             # The task is named unless it is the usual one, guessed: restoring.
             job = "" if (task, chosen) == ("auto", "restore") else f" to {chosen}" + (
                 " (guessed from the file name; --task to change)," if task == "auto" else ",")
-            progress.report(f"{model_path.name}: GPEN-{runner.size}{job} in {runner.precision} on {device}")
+            progress.report(f"{model_path.name}: {runner.label}{job} in {runner.precision} on {device}")
             runners.append(runner)
         # The first model's size replaces the crop size now that it is known: later ones work at that size.
         detect_settings = dataclasses.replace(detect_settings, crop_size=runners[0].size)

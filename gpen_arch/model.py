@@ -2,7 +2,8 @@
 
 A convolutional encoder reduces the face to 4x4 and a latent code; a StyleGAN2 decoder regenerates it, taking
 the encoder feature of each resolution as its "noise" (concatenated channels). The state dict matches upstream's
-`FullGenerator` key for key, so published GPEN-BFR checkpoints load strictly.
+`FullGenerator` key for key, so published GPEN-BFR checkpoints load strictly, and upstream's `FullGenerator_SR`
+(a decoder larger than the encoder's input) as well.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ SIZES = (64, 128, 256, 512, 1024, 2048)  # every resolution the channel table be
 # band, from the input image (ecd0 and ecd1: for GPEN-2048 the 0.25 GB and 0.125 GB features, and the blurred
 # copies of them the next stages would make, never exist whole; recomputing them costs about 2.5 % more FLOPs).
 ENCODER_ROWS_ON_REQUEST = 2
+# Seed of the noise that the decoder levels above the encoder's input size take (FullGenerator_SR): upstream draws
+# it afresh from torch's global generator at every call, so its output for one face changes from run to run; here
+# it is drawn once, from this seed and in upstream's order, and every face of every call gets the same noise.
+# Each draw is a valid sample of what the network was trained with; fixing it makes a restore repeatable and a
+# video steady, and equal to upstream's output when upstream's generator is seeded with it (tests/test_gpen_arch.py).
+NOISE_SEED = 0
 
 
 def channel_table(channel_multiplier: float, narrow: float) -> dict[int, int]:
@@ -99,10 +106,11 @@ class StyleDecoder(nn.Module):
         memory_format: torch.memory_format,
         band_rows: list[int] | None = None,
     ) -> torch.Tensor:
-        """`latent` [B, style_dim]; `features` the encoder outputs from 4x4 upwards, consumed (emptied) as used
-        (with `band_rows`, the top ones may be row sources, see stripes.py); activations are kept in
-        `memory_format` (layers allocate their outputs like their inputs). `band_rows`: from `self.band_rows`, to compute the top
-        resolutions in bands."""
+        """`latent` [B, style_dim]; `features` what each resolution concatenates, from 4x4 upwards: the encoder
+        outputs (with `band_rows`, the top ones may be row sources, see stripes.py), then a pair of noise tensors
+        per level above the encoder's input size; consumed (emptied) as used. Activations are kept in
+        `memory_format` (layers allocate their outputs like their inputs). `band_rows`: from `self.band_rows`, to
+        compute the top resolutions in bands."""
         w = self.style(latent.float())
         x = self.input(latent.shape[0], features[0].dtype).contiguous(memory_format=memory_format)
         # The activation lives only in this list, and each styled conv pops it: the previous activation is
@@ -115,38 +123,60 @@ class StyleDecoder(nn.Module):
         for level, (up_conv, conv, to_rgb) in enumerate(levels):
             # Popping drops our reference too, so each encoder feature is freed once its resolution is done.
             if band_rows and level == len(levels) - len(band_rows):
-                banded = [WholeRows(f) if isinstance(f, torch.Tensor) else f for f in features]
+                banded = [layer_rows(f) for f in features]
                 return decode_in_bands(levels[level:], activation.pop(), w, banded, skip, band_rows)
-            feature = features.pop(0)
-            activation.append(up_conv(activation, w, feature))
-            activation.append(conv(activation, w, feature, reuse_input=True))
-            del feature
+            up_feature, conv_feature = layer_features(features.pop(0))
+            activation.append(up_conv(activation, w, up_feature))
+            activation.append(conv(activation, w, conv_feature, reuse_input=True))
+            del up_feature, conv_feature
             skip = to_rgb(activation[0], w, skip)
         return skip
 
 
+def layer_features(feature: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a decoder level's up-conv and styled conv concatenate: one encoder feature for both, or a pair of
+    noise tensors (the levels above the encoder's input size)."""
+    return feature if isinstance(feature, tuple) else (feature, feature)
+
+
+def layer_rows(feature) -> tuple:
+    """`layer_features` as row sources for a banded level (the same source twice for an encoder feature)."""
+    if isinstance(feature, tuple):
+        return tuple(WholeRows(f) for f in feature)
+    source = WholeRows(feature) if isinstance(feature, torch.Tensor) else feature
+    return source, source
+
+
 class GPEN(nn.Module):
-    """GPEN face restorer. `forward(x)`: `[B, 3, S, S]` RGB in [-1, 1] -> `[B, 3, S, S]` RGB, about [-1, 1].
+    """GPEN face restorer. `forward(x)`: `[B, 3, S, S]` RGB in [-1, 1] -> `[B, 3, S', S']` RGB, about [-1, 1], where
+    S is `size` and S' is `out_size`.
 
     The upstream `FullGenerator(size, style_dim, n_mlp, channel_multiplier, narrow=narrow)`; GPEN-BFR-2048 is
-    `GPEN(size=2048)`. Deterministic (no random noise). Runs in whatever device and dtype the module is moved to.
-    A new instance carries upstream's random initialisation (useful for tests); real weights come through
-    `from_state_dict` or `load_gpen`.
+    `GPEN(size=2048)`. With an `out_size` above `size`, upstream's `FullGenerator_SR(size, out_size, ...)`: the
+    decoder levels above `size` have no encoder feature and take noise instead, fixed here (see `NOISE_SEED`).
+    Deterministic. Runs in whatever device and dtype the module is moved to. A new instance carries upstream's
+    random initialisation (useful for tests); real weights come through `from_state_dict` or `load_gpen`.
     """
 
     def __init__(
         self,
         *,
         size: int,
+        out_size: int | None = None,
         style_dim: int = 512,
         n_mlp: int = 8,
         channel_multiplier: float = 2,
         narrow: float = 1.0,
     ) -> None:
         super().__init__()
-        if size < 8 or size & (size - 1) or size > max(SIZES):
-            raise ValueError(f"GPEN size must be a power of two from 8 to {max(SIZES)}, got {size}")
+        out_size = size if out_size is None else out_size
+        for name, value in (("size", size), ("out_size", out_size)):
+            if value < 8 or value & (value - 1) or value > max(SIZES):
+                raise ValueError(f"GPEN {name} must be a power of two from 8 to {max(SIZES)}, got {value}")
+        if out_size < size:
+            raise ValueError(f"GPEN out_size ({out_size}) must not be below its input size ({size})")
         self.size = size
+        self.out_size = out_size
         self.style_dim = style_dim
         self.n_mlp = n_mlp
         self.channel_multiplier = channel_multiplier
@@ -154,7 +184,7 @@ class GPEN(nn.Module):
         channels = channel_table(channel_multiplier, narrow)
         log_size = int(math.log2(size))
 
-        self.generator = StyleDecoder(size=size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+        self.generator = StyleDecoder(size=out_size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
         # Encoder stages are attributes ecd0..ecd{log_size-2}, each wrapped in a Sequential as upstream's are.
         self.ecd0 = nn.Sequential(EncoderBlock(3, channels[size], downsample=False))
         for index, log_res in enumerate(range(log_size, 2, -1), start=1):
@@ -162,6 +192,15 @@ class GPEN(nn.Module):
             setattr(self, f"ecd{index}", nn.Sequential(stage))
         self.encoder_depth = log_size - 1
         self.final_linear = nn.Sequential(EqualLinear(channels[4] * 4 * 4, style_dim, activate=True))
+        # The noise of the decoder levels above `size`, two layers each, lowest first, in upstream's order of
+        # drawing (one sample; every face of a batch shares it). Not part of the state dict, as upstream's is not.
+        self.noise_levels = int(math.log2(out_size)) - log_size
+        generator = torch.Generator(device="cpu").manual_seed(NOISE_SEED)
+        for index in range(2 * self.noise_levels):
+            resolution = 2 ** (log_size + 1 + index // 2)
+            # Drawn on the CPU even while a model is built on the meta device: the loaded model keeps it.
+            noise = torch.randn(1, channels[resolution], resolution, resolution, generator=generator, device="cpu")
+            self.register_buffer(f"noise{index}", noise, persistent=False)
         # Layout of the activations; results are the same in either. Set torch.contiguous_format for backends
         # where channels-last is slow.
         self.memory_format = torch.channels_last
@@ -179,6 +218,11 @@ class GPEN(nn.Module):
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.eval().requires_grad_(False)
 
+    def extra_repr(self) -> str:
+        sizes = f"size={self.size}" + (f", out_size={self.out_size}" if self.out_size != self.size else "")
+        return (f"{sizes}, style_dim={self.style_dim}, n_mlp={self.n_mlp}, "
+                f"channel_multiplier={self.channel_multiplier}, narrow={self.narrow}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.size or x.shape[3] != self.size:
             raise ValueError(
@@ -195,14 +239,21 @@ class GPEN(nn.Module):
         # The latent path is tiny and runs in fp32 whatever the network's dtype (no fp16 overflow there).
         latent = self.final_linear(features[-1].flatten(1).float())
         features.reverse()
-        return self.generator(latent, features, self.memory_format, band_rows)
+        return self.generator(latent, features + self.noise_pairs(x.shape[0]), self.memory_format, band_rows)
+
+    def noise_pairs(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The noise of each decoder level above `size` (up-conv's, styled conv's), lowest first, for `batch` faces
+        (views: one sample shared)."""
+        noise = [getattr(self, f"noise{index}").expand(batch, -1, -1, -1) for index in range(2 * self.noise_levels)]
+        return list(zip(noise[::2], noise[1::2]))
 
     def encode(self, x: torch.Tensor, band_rows: list[int] | None) -> list:
         """The encoder's outputs, full resolution first. With a banded decoder (`band_rows`), the top ones are
         row sources (see `encode_top_in_bands`) and stages with large inputs run in bands."""
-        if band_rows:
-            # Encoder features computed on request only feed banded levels.
-            features = self.encode_top_in_bands(x, min(ENCODER_ROWS_ON_REQUEST, len(band_rows)))
+        # Encoder features computed on request only feed banded levels (those above `size` take noise).
+        on_request = min(ENCODER_ROWS_ON_REQUEST, len(band_rows or ()) - self.noise_levels)
+        if on_request > 0:
+            features = self.encode_top_in_bands(x, on_request)
             x = features[-1]
         else:
             features = []

@@ -21,7 +21,8 @@ class OnnxGPEN(nn.Module):
     device and float dtype; the result comes back on `x`'s device and dtype, written by onnxruntime straight into
     torch memory on the device it ran on.
 
-    The graph is checked once at construction (one input and one output of shape [N, 3, S, S]); sessions are
+    The graph is checked once at construction (one input `[N, 3, S, S]` and one output `[N, 3, S', S']`, S' = S but
+    for an export of upstream's FullGenerator_SR, whose output is larger: `out_size`); sessions are
     made once per device and reused, on that CUDA device when the input is there and onnxruntime can use it (the
     provider it really runs on is logged, and a CPU fallback is a warning).
     """
@@ -33,21 +34,23 @@ class OnnxGPEN(nn.Module):
         session = self._session("cpu")
         inputs, outputs = session.get_inputs(), session.get_outputs()
         shapes = [list(node.shape) for node in (*inputs, *outputs)]
-        size = shapes[0][-1] if shapes and len(shapes[0]) == 4 else None
-        expected = [None, 3, size, size]
+        size, out_size = _last_side(inputs), _last_side(outputs)
         if (
             len(inputs) != 1
             or len(outputs) != 1
             or inputs[0].type != "tensor(float)"
             or size not in VALID_SIZES
-            or any(len(shape) != 4 or shape[1:] != expected[1:] for shape in shapes)
+            or out_size not in VALID_SIZES
+            or out_size < size
+            or any(len(shape) != 4 or shape[1:] != [3, side, side] for shape, side in zip(shapes, (size, out_size)))
         ):
             found = ", ".join(f"{node.name} {node.type} {list(node.shape)}" for node in (*inputs, *outputs))
             raise UnsupportedCheckpointError(
-                f"{self.path.name}: expected a GPEN ONNX graph with one float32 input and one output of shape "
-                f"[N, 3, S, S] (S a power of two up to 2048), found {found}."
+                f"{self.path.name}: expected a GPEN ONNX graph with one float32 input of shape [N, 3, S, S] and one "
+                f"output of shape [N, 3, S, S] (S a power of two up to 2048; larger for FullGenerator_SR), "
+                f"found {found}."
             )
-        self.size = int(size)
+        self.size, self.out_size = int(size), int(out_size)
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         # Graphs exported with a fixed batch of 1 (the published ones) are run one face at a time.
         self.fixed_batch = shapes[0][0] if isinstance(shapes[0][0], int) else None
@@ -104,7 +107,7 @@ class OnnxGPEN(nn.Module):
         on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
         device = x.device if on_gpu else torch.device("cpu")
         batch = x.detach().to(device, torch.float32).contiguous()
-        out = torch.empty_like(batch)  # the graph's output is [N, 3, S, S] like its input (checked when loaded)
+        out = batch.new_empty((len(batch), 3, self.out_size, self.out_size))  # the graph's (checked when loaded)
         if on_gpu:
             torch.cuda.synchronize(device)  # torch's writes of `batch` are done before onnxruntime's stream reads
         step = self.fixed_batch or len(batch)
@@ -118,7 +121,13 @@ class OnnxGPEN(nn.Module):
         return out.to(x.device, x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.path.name}, size={self.size}"
+        larger = f", out_size={self.out_size}" if self.out_size != self.size else ""
+        return f"{self.path.name}, size={self.size}{larger}"
+
+
+def _last_side(nodes: list) -> int | str | None:
+    """The last dimension of the first of `nodes` (graph inputs or outputs) if it is 4-D, else None."""
+    return nodes[0].shape[-1] if nodes and len(nodes[0].shape) == 4 else None
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,8 +1,9 @@
 """`GpenRunner`: the one owner of how a loaded GPEN is called, whatever file it came from.
 
-It knows the model's crop size, the dtype it runs in (precision `auto` resolved once, here; `.onnx` graphs always
+It knows the model's crop size (and the size it restores to: larger for upstream's FullGenerator_SR), the dtype it
+runs in (precision `auto` resolved once, here; `.onnx` graphs always
 in fp32), whether half precision applies, how much memory one face takes, and how to restore a batch of aligned
-crops: `[N, S, S, C]` in 0..1 (channels last, as ComfyUI images are) in, `[N, S, S, 3]` RGB in 0..1 out. The
+crops: `[N, S, S, C]` in 0..1 (channels last, as ComfyUI images are) in, `[N, S', S', 3]` RGB in 0..1 out. The
 nodes, the pipeline and the command line never ask "is it ONNX" themselves.
 
 Model tensors are GPEN's own convention: `[N, 3, S, S]` RGB in [-1, 1] (upstream normalises with mean 0.5 and
@@ -90,6 +91,8 @@ class GpenRunner:
         # What the model was trained to do (see choices.TASKS): a colourising model is fed grey faces.
         self.task = task
         self.size = int(module.size)
+        # The restored crops' side: the input's, or more for a generator whose decoder outgrows its encoder.
+        self.output_size = int(getattr(module, "out_size", self.size))
         self.is_onnx = not isinstance(module, GPEN)
         self.dtype = torch.float32 if self.is_onnx else dtype
         if not self.is_onnx:
@@ -114,8 +117,13 @@ class GpenRunner:
         return runner
 
     def __repr__(self) -> str:
-        return (f"GpenRunner({self.name!r}, size={self.size}, dtype={self.dtype}, onnx={self.is_onnx}, "
-                f"task={self.task!r})")
+        sizes = f"size={self.size}" + (f", output_size={self.output_size}" if self.output_size != self.size else "")
+        return f"GpenRunner({self.name!r}, {sizes}, dtype={self.dtype}, onnx={self.is_onnx}, task={self.task!r})"
+
+    @property
+    def label(self) -> str:
+        """How logs name the network: "GPEN-512", or "GPEN-512 to 1024" for one that restores to a larger size."""
+        return f"GPEN-{self.size}" + (f" to {self.output_size}" if self.output_size != self.size else "")
 
     @property
     def precision(self) -> str:
@@ -130,7 +138,7 @@ class GpenRunner:
     def face_memory_bytes(self) -> int:
         """Estimated peak activation memory for restoring one face (published channel widths: channel_multiplier
         2, narrow 1, the largest of the released models at every size)."""
-        elements = sum(res * res * c for res, c in channel_table(2, 1).items() if res <= self.size)
+        elements = sum(res * res * c for res, c in channel_table(2, 1).items() if res <= self.output_size)
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         return int(ACTIVATION_BYTES_FACTOR * elements * itemsize)
 
@@ -138,7 +146,7 @@ class GpenRunner:
         """Faces per forward pass: what fits in `FREE_MEMORY_SHARE` of `free_bytes`, 1 to `MAX_BATCH_SIZE`, never
         more than `faces`. Always 1 on the CPU (batches are no faster per face there and would only delay progress
         and interruption), from `SEQUENTIAL_FROM_SIZE` on, and for fixed-batch ONNX graphs."""
-        if device.type == "cpu" or self.is_onnx or self.size >= SEQUENTIAL_FROM_SIZE:
+        if device.type == "cpu" or self.is_onnx or self.output_size >= SEQUENTIAL_FROM_SIZE:
             return 1
         fits = int(free_bytes * FREE_MEMORY_SHARE) // max(self.face_memory_bytes(), 1)
         return max(1, min(fits, MAX_BATCH_SIZE, max(faces, 1)))
@@ -171,8 +179,9 @@ class GpenRunner:
                 its colour comes from the model), "model" the model's whole output. Other tasks ignore it.
 
         Returns:
-            `[N, S, S, 3]` float32 RGB in 0..1 on `output_device`. Inference errors propagate, and non-finite output
-            raises `FloatingPointError`: nothing unrestored is ever returned as restored.
+            `[N, S', S', 3]` float32 RGB in 0..1 on `output_device`, S' the `output_size`. Inference errors
+            propagate, and non-finite output raises `FloatingPointError`: nothing unrestored is ever returned as
+            restored.
         """
         if crops.ndim != 4 or crops.shape[1] != crops.shape[2] or crops.shape[-1] not in (1, 3, 4):
             raise CropShapeError(
@@ -181,7 +190,8 @@ class GpenRunner:
         check_strength(strength)
         if luminance not in LUMINANCES:
             raise ValueError(f"luminance must be one of {LUMINANCES}, got {luminance!r}")
-        out = torch.empty((crops.shape[0], self.size, self.size, 3), dtype=torch.float32, device=output_device)
+        side = self.output_size
+        out = torch.empty((crops.shape[0], side, side, 3), dtype=torch.float32, device=output_device)
         start, batch_size = 0, max(1, batch_size)
         with torch.inference_mode(), ieee_fp32():
             while start < crops.shape[0]:
@@ -206,6 +216,8 @@ class GpenRunner:
                     )
                 restored = _from_model_output(output)
                 del output
+                # What the restored faces are blended with or take their luminance from, at their size.
+                chunk = resize_crops(chunk, side)
                 if self.task == "colourise" and luminance == "keep":
                     restored = with_luminance(restored, crops_rgb(chunk))
                 if strength < 1.0:

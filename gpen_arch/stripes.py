@@ -117,6 +117,11 @@ class StageRows:
         return StageRows(self.stage, self.source.sample(index))
 
 
+# What a decoder level's up-conv and styled conv concatenate, as row sources: the same encoder feature twice, or
+# each its own noise (the levels of FullGenerator_SR above its input size).
+LayerRows = tuple[WholeRows | EncoderRows | StageRows, WholeRows | EncoderRows | StageRows]
+
+
 def encode_in_bands(source: StageRows, rows: int) -> torch.Tensor:
     """The whole output of `source`, computed `rows` rows at a time (so that no input of it exists whole)."""
     out = None
@@ -175,7 +180,7 @@ class BandedLevel:
     def compute(
         self,
         x: RowSource,
-        feature: RowSource,
+        features: LayerRows,
         skip: torch.Tensor,
         top: int,
         bottom: int,
@@ -184,8 +189,9 @@ class BandedLevel:
         rgb: torch.Tensor,
     ) -> None:
         """Write activation rows [top, bottom) into `out` `[1, 2 * C, bottom - top, W]` and RGB rows into
-        `rgb[:, :, top:bottom]`. `x` is the previous resolution's activation, `skip` its RGB (whole), `halo` a
-        scratch buffer of at least `bottom - top + 2` rows."""
+        `rgb[:, :, top:bottom]`. `x` is the previous resolution's activation, `features` what the up-conv and the
+        styled conv concatenate, `skip` the previous RGB (whole), `halo` a scratch buffer of at least
+        `bottom - top + 2` rows."""
         half = x.height
         size = 2 * half
         # Up-conv rows [a1, b1): the band plus the 3x3 conv's one-row halo, inside the image.
@@ -202,15 +208,21 @@ class BandedLevel:
         first, last = a1 - (top - 1), b1 - (top - 1)  # rows of `halo` inside the image
         halo[:, :, :first].zero_()
         halo[:, :, last:].zero_()
-        features = feature.rows(a1, b1)  # the feature rows both styled convs add
-        self.up_conv.activate_into(halo[:, :, first:last], y, self.up_demod, features)
-        del y
+        up_source, conv_source = features
+        up_rows = up_source.rows(a1, b1)
+        # An encoder feature serves both styled convs (computed once); noise levels have one per conv.
+        if conv_source is up_source:
+            conv_rows = up_rows[:, :, top - a1 : bottom - a1]
+        else:
+            conv_rows = conv_source.rows(top, bottom)
+        self.up_conv.activate_into(halo[:, :, first:last], y, self.up_demod, up_rows)
+        del y, up_rows
 
         if self.conv_scales is not None:
             halo.mul_(self.conv_scales)
         y = F.conv2d(halo, self.conv_weight, padding=(0, self.conv_weight.shape[-1] // 2))
-        self.conv.activate_into(out, y, self.conv_demod, features[:, :, top - a1 : bottom - a1])
-        del y, features
+        self.conv.activate_into(out, y, self.conv_demod, conv_rows)
+        del y, conv_rows
 
         # Previous RGB rows [j0, j1) upsampled: local row o - 2 * j0 + 1 is output row o.
         j0, j1 = max(0, (top - 2) // 2), min(half, bottom // 2 + 1)
@@ -227,7 +239,7 @@ class StreamedLevel:
         self,
         level: BandedLevel,
         x: RowSource,
-        feature: RowSource,
+        features: LayerRows,
         skip: torch.Tensor,
         band_rows: int,
         request_rows: int,
@@ -235,7 +247,7 @@ class StreamedLevel:
     ) -> None:
         """`band_rows` rows are computed at a time; the consumer asks for at most `request_rows` at once; buffers
         take `layout`'s device, dtype and memory format."""
-        self.level, self.x, self.feature, self.skip = level, x, feature, skip
+        self.level, self.x, self.features, self.skip = level, x, features, skip
         self.height = 2 * x.height
         self.band_rows = band_rows
         channels, width = 2 * level.out_channels, self.height
@@ -266,7 +278,7 @@ class StreamedLevel:
         for start in range(self.end, new_end, self.band_rows):
             stop = min(start + self.band_rows, new_end)
             out = self.window[:, :, start - self.first : stop - self.first]
-            self.level.compute(self.x, self.feature, self.skip, start, stop, out, self.halo, self.rgb)
+            self.level.compute(self.x, self.features, self.skip, start, stop, out, self.halo, self.rgb)
             if self.output_scales is not None:
                 out.mul_(self.output_scales)
         self.end = new_end
@@ -291,15 +303,16 @@ def decode_in_bands(
     levels: list[tuple[StyledConv, StyledConv, ToRGB]],
     x: torch.Tensor,
     w: torch.Tensor,
-    features: list[WholeRows | EncoderRows | StageRows],
+    features: list[LayerRows],
     skip: torch.Tensor,
     rows: list[int],
 ) -> torch.Tensor:
     """RGB `[B, 3, R, R]` of the last of `levels`, all of them computed as one pipeline of bands.
 
     `x` `[B, Cin, h, h]` is the activation before the first of `levels` (consumed), `skip` its RGB,
-    `features[i]` the encoder feature of level i (whole tensors, or computed rows), `rows[i]` the band height of
-    level i. The samples of a batch run one after another: each has its own styles folded into the weights.
+    `features[i]` what level i's up-conv and styled conv concatenate (the same encoder feature twice, whole or
+    computed rows, or two noise tensors), `rows[i]` the band height of level i. The samples of a batch run one
+    after another: each has its own styles folded into the weights.
     """
     images = []
     for index in range(x.shape[0]):
@@ -311,13 +324,20 @@ def decode_in_bands(
             level = BandedLevel(up_conv, conv, to_rgb, w[one], x.dtype, size)
             scale_input(source, level)
             request = input_rows_needed(next_rows)
-            source = StreamedLevel(level, source, feature.sample(index), rgb, level_rows, request, x[one])
+            source = StreamedLevel(level, source, sample_pair(feature, index), rgb, level_rows, request, x[one])
             rgb = source.rgb
             size *= 2
         top_level = BandedLevel(*levels[-1], w[one], x.dtype, size)
         scale_input(source, top_level)
-        images.append(last_level(top_level, source, features[-1].sample(index), rgb, rows[-1], x[one]))
+        images.append(last_level(top_level, source, sample_pair(features[-1], index), rgb, rows[-1], x[one]))
     return images[0] if len(images) == 1 else torch.cat(images)
+
+
+def sample_pair(features: LayerRows, index: int) -> LayerRows:
+    """One sample of a level's pair of row sources, one source still shared where it was."""
+    up, conv = features
+    up_sample = up.sample(index)
+    return up_sample, up_sample if conv is up else conv.sample(index)
 
 
 def scale_input(source: WholeRows | StreamedLevel, level: BandedLevel) -> None:
@@ -332,7 +352,7 @@ def scale_input(source: WholeRows | StreamedLevel, level: BandedLevel) -> None:
 
 
 def last_level(
-    level: BandedLevel, x: RowSource, feature: RowSource, skip: torch.Tensor, rows: int, layout: torch.Tensor
+    level: BandedLevel, x: RowSource, features: LayerRows, skip: torch.Tensor, rows: int, layout: torch.Tensor
 ) -> torch.Tensor:
     """The RGB image `[1, 3, R, R]` of the top resolution, `rows` rows at a time (its activation is dropped);
     buffers take `layout`'s device, dtype and memory format."""
@@ -345,5 +365,5 @@ def last_level(
     band = empty_like_layout(layout, (1, channels, rows, size))
     for top in range(0, size, rows):
         bottom = min(top + rows, size)
-        level.compute(x, feature, skip, top, bottom, band[:, :, : bottom - top], halo, image)
+        level.compute(x, features, skip, top, bottom, band[:, :, : bottom - top], halo, image)
     return image

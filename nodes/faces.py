@@ -132,7 +132,7 @@ class GPENRestoreFaces(io.ComfyNode):
             return lambda crops, _on_face: restore(crops, lambda: progress.update(1))
 
         out, count = restore_crop_batch(
-            face_crops, bind, size=gpen_model.size if output_size == "model" else face_crops.shape[1],
+            face_crops, bind, size=gpen_model.runner.output_size if output_size == "model" else face_crops.shape[1],
             free_bytes=mm.get_free_memory(mm.intermediate_device()), none_found=faces is not None and not len(faces),
             chunk=MAX_BATCH_SIZE, channels=4 if repair else 3,
         )

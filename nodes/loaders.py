@@ -85,8 +85,8 @@ class GPENModelLoader(io.ComfyNode):
             patcher = comfy.model_patcher.ModelPatcher(
                 runner.module, load_device=device, offload_device=mm.unet_offload_device()
             )
-        logger.info("%s: %s is GPEN-%d to %s%s, running in %s on %s", TITLES["GPENModelLoader"], model_name,
-                    runner.size, chosen, " (guessed from the file name: set the task if it does another job)"
+        logger.info("%s: %s is %s to %s%s, running in %s on %s", TITLES["GPENModelLoader"], model_name,
+                    runner.label, chosen, " (guessed from the file name: set the task if it does another job)"
                     if task == "auto" else "", runner.dtype, "onnxruntime" if runner.is_onnx else runs_on)
         return io.NodeOutput(GpenModel(runner, patcher))
 

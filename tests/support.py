@@ -36,12 +36,13 @@ REORDER_TOLERANCE = 2e-5
 EIGHT_BIT_ROUNDING = 0.5 / 255
 
 
-def save_gpen(path: Path, size: int = 64, seed: int = 0) -> Path:
-    """Write a randomly initialised (upstream's init) small GPEN state dict to `path`."""
+def save_gpen(path: Path, size: int = 64, seed: int = 0, out_size: int | None = None) -> Path:
+    """Write a randomly initialised (upstream's init) small GPEN state dict to `path` (with `out_size`, upstream's
+    FullGenerator_SR, restoring to that size)."""
     from comfyui_gpen_restore import gpen_arch  # the pack is importable once conftest.py has loaded it
 
     torch.manual_seed(seed)
-    model = gpen_arch.GPEN(size=size, **SMALL_GPEN)
+    model = gpen_arch.GPEN(size=size, out_size=out_size, **SMALL_GPEN)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path

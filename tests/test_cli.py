@@ -86,6 +86,29 @@ def test_aligned_crops_are_restored_whole_at_the_models_size(models_dir, home, f
     assert np.abs(restored - cv2.resize(face, (64, 64), interpolation=cv2.INTER_AREA)).mean() > 0.05
 
 
+def test_a_model_that_restores_to_a_larger_size(models_dir, home, fixtures_dir, capsys):
+    """Upstream's FullGenerator_SR (64-px faces in, 128 out): crops are cut at 64 px, restored at 128, and pasted
+    back where they came from; aligned crops come out at 128 px; strength 0 gives the crop itself, enlarged."""
+    model = save_gpen(home / "GPEN-SR-64-128.pth", 64, out_size=128)
+    photo = fixtures_dir / "images" / "grace_hopper.jpg"
+    args = ["--model", model, "--detector", DETECTOR, "--detector-dir", models_dir / "facedetection"]
+    assert run_cli(["--input", photo, "--output", home / "out.png", *args], home) == 0
+    assert "GPEN-SR-64-128.pth: GPEN-64 to 128 in" in capsys.readouterr().out
+    original, restored = read_rgb(photo), read_png(home / "out.png")
+    assert restored.shape == original.shape
+    assert np.abs(restored[150:330, 190:340] - original[150:330, 190:340]).mean() > 0.02
+    np.testing.assert_allclose(restored[:40, :40], original[:40, :40], rtol=0, atol=EIGHT_BIT_ROUNDING + 1e-6)
+
+    crop = home / "crop.png"
+    cv2.imwrite(str(crop), np.full((64, 64, 3), (40, 120, 200), np.uint8))
+    for strength, output in (("1", "aligned.png"), ("0", "unchanged.png")):
+        assert run_cli(["--input", crop, "--output", home / output, "--aligned", "--strength", strength, *args],
+                       home) == 0
+    assert read_png(home / "aligned.png").shape == (128, 128, 3)
+    np.testing.assert_allclose(read_png(home / "unchanged.png"), np.broadcast_to(np.array([200, 120, 40]) / 255,
+                               (128, 128, 3)), rtol=0, atol=EIGHT_BIT_ROUNDING + 1e-6)
+
+
 def test_no_model_anywhere_names_the_folders_and_where_to_download(home, fixtures_dir, capsys):
     assert run_cli(["--input", fixtures_dir / "images" / "astronaut.png"], home) == 2
     err = capsys.readouterr().err

@@ -9,6 +9,7 @@ import torch
 
 from comfyui_gpen_restore.gpen_arch import GPEN, infer_config, load_gpen
 from comfyui_gpen_restore.gpen_arch.layers import fir_kernel
+from comfyui_gpen_restore.gpen_arch.model import NOISE_SEED
 from support import PARITY_TOLERANCE, REORDER_TOLERANCE, SMALL_GPEN
 
 CASES = (64, 128, 256)
@@ -95,6 +96,49 @@ def test_batch_items_are_independent(fixtures_dir):
         together = model(io["input"])
         alone = model(io["input"][1:])
     assert (together[1:] - alone).abs().max().item() <= REORDER_TOLERANCE
+
+
+def test_full_generator_sr_matches_upstream(fixtures_dir):
+    """Upstream's FullGenerator_SR (a 32-px encoder, a 128-px decoder; every parameter random, the noise weights
+    too): its levels above 32 px take random noise, which upstream draws afresh at every call. Ours draws it once,
+    from NOISE_SEED: the recorded output is upstream's with its generator seeded so, and ours must equal it whole,
+    in narrow bands, and for every face of a batch (all get the same noise), call after call."""
+    io = torch.load(fixtures_dir / "gpen" / "case_sr_io.pt", weights_only=True)
+    model = load_gpen(fixtures_dir / "gpen" / "case_sr.pth")
+    config = io["config"]
+    assert (model.size, model.out_size, model.style_dim, model.channel_multiplier, model.narrow) == (
+        config["in_size"], config["out_size"], config["style_dim"], config["channel_multiplier"], config["narrow"])
+    assert io["noise_seed"] == NOISE_SEED
+    pair = io["input"].repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        model.generator.stripe_bytes = 0
+        whole = [model(io["input"]), model(pair)]
+        model.generator.stripe_bytes, model.generator.stream_from_bytes = 1, 1  # every level in 8-row bands
+        assert len(model.generator.band_rows(4)) == 3  # two noise levels and one fed by the encoder
+        banded = model(pair)
+    assert whole[0].shape == (1, 3, 128, 128)
+    for out in (*whole, banded):
+        assert (out - io["output"]).abs().max().item() <= PARITY_TOLERANCE  # measured 1.9e-6 and 3.3e-6
+
+
+def test_noise_of_larger_decoders_is_fixed_and_outside_the_state_dict():
+    """The noise is a buffer (it follows the model's device and dtype) that no checkpoint holds, drawn in upstream's
+    order and shapes: level by level upwards, the up-conv's then the styled conv's, one sample each."""
+    with torch.device("meta"):  # as `from_state_dict` builds: the noise is drawn all the same
+        model = GPEN(size=16, out_size=64, **SMALL_GPEN)
+    assert not any(key.startswith("noise") for key in model.state_dict())
+    noise = [model.noise0, model.noise1, model.noise2, model.noise3]
+    assert [tuple(n.shape) for n in noise] == [(1, 64, 32, 32)] * 2 + [(1, 32, 64, 64)] * 2
+    generator = torch.Generator().manual_seed(NOISE_SEED)
+    for tensor in noise:
+        assert torch.equal(tensor, torch.randn(tensor.shape, generator=generator))
+    assert not hasattr(GPEN(size=16, **SMALL_GPEN), "noise0")  # FullGenerator: the encoder feeds every level
+
+
+@pytest.mark.parametrize(("size", "out_size"), [(64, 32), (48, 96), (64, 4096)])
+def test_impossible_sizes_are_refused(size, out_size):
+    with pytest.raises(ValueError, match="size"):
+        GPEN(size=size, out_size=out_size, **SMALL_GPEN)
 
 
 # Half precision against fp32 on the fixture weights (output scale about 5). One rounding of an output is up to

@@ -12,6 +12,8 @@ from support import PARITY_TOLERANCE, REPO_ROOT, CodePayload  # onnxruntime's ke
 from safetensors.torch import save_file
 
 from comfyui_gpen_restore.gpen_arch import GPEN, load_gpen
+from comfyui_gpen_restore.gpen_arch.loader import model_size
+from comfyui_gpen_restore.gpen_arch.runner import GpenRunner
 from comfyui_gpen_restore.model_files.errors import MissingDependencyError, UnsupportedCheckpointError
 from comfyui_gpen_restore.model_files.folders import COMFYUI_WHERE_TO_GET
 
@@ -55,6 +57,30 @@ def test_published_configurations_round_trip(tmp_path, size):
     assert {key: getattr(model, key) for key in CONFIG_KEYS} == PUBLISHED[size]
     assert_same_weights(model, state_dict)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_a_decoder_larger_than_its_encoder_loads_as_full_generator_sr(tmp_path):
+    """Upstream's FullGenerator_SR: the encoder's depth gives the input size, the decoder's the output size, and
+    the channel multiplier is read at the decoder's top (the encoder's 32-px input shows none)."""
+    config = {"size": 32, "out_size": 128, "style_dim": 64, "n_mlp": 8, "channel_multiplier": 1, "narrow": 0.25}
+    state_dict = randomised(config, seed=3)
+    torch.save(state_dict, tmp_path / "GPEN-SR.pth")
+    model = load_gpen(tmp_path / "GPEN-SR.pth")
+    assert {key: getattr(model, key) for key in config} == config
+    assert_same_weights(model, state_dict)
+    assert model_size(tmp_path / "GPEN-SR.pth") == 32  # the crop size detection cuts for it
+    runner = GpenRunner(model, name="GPEN-SR.pth")
+    assert (runner.size, runner.output_size, runner.label) == (32, 128, "GPEN-32 to 128")
+
+
+def test_a_decoder_smaller_than_its_encoder_is_refused(tmp_path):
+    state_dict = randomised(SMALL)
+    for key in [key for key in state_dict if key.startswith(("generator.convs.6.", "generator.convs.7.",
+                                                              "generator.to_rgbs.3."))]:
+        del state_dict[key]  # the decoder now ends at 32 px for a 64-px encoder
+    torch.save(state_dict, tmp_path / "cut.pth")
+    with pytest.raises(UnsupportedCheckpointError, match="decoder ends at 32 px for a 64-px input"):
+        load_gpen(tmp_path / "cut.pth")
 
 
 @pytest.mark.parametrize(
@@ -132,6 +158,27 @@ def test_onnx_graph_of_wrong_shape_is_refused(tmp_path, input_shape, output_shap
     expected = r"expected a GPEN ONNX graph.*float32.*\[N, 3, S, S\].*found"
     with pytest.raises(UnsupportedCheckpointError, match=expected):
         load_gpen(tmp_path / "other.onnx")
+
+
+def test_onnx_graph_with_a_larger_output_runs(tmp_path):
+    """An export of FullGenerator_SR: the output is larger than the input (here a graph that only enlarges 2x)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, 2.0, 2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["input", "", "scales"], ["output"], mode="nearest")], "enlarge",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 64])], initializer=[scales])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10),
+              tmp_path / "sr.onnx")
+    model = load_gpen(tmp_path / "sr.onnx")
+    x = torch.rand(2, 3, 32, 32)
+    assert (model.size, model.out_size) == (32, 64)
+    assert torch.equal(model(x), x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    make_onnx(tmp_path / "smaller.onnx", [1, 3, 64, 64], [1, 3, 32, 32])
+    with pytest.raises(UnsupportedCheckpointError, match="expected a GPEN ONNX graph"):
+        load_gpen(tmp_path / "smaller.onnx")
 
 
 def test_onnx_with_dynamic_batch_runs_whole_batches(tmp_path):

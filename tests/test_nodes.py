@@ -319,6 +319,22 @@ def test_one_node_equals_the_separate_nodes(nodes, model, detector, grace):
     torch.testing.assert_close(together_mask, separate_mask, atol=SAME_ROUTE_TOLERANCE, rtol=0)
 
 
+def test_a_model_that_restores_to_a_larger_size_works_through_every_node(nodes, models, detector, grace):
+    """Upstream's FullGenerator_SR (64 in, 128 out): Detect cuts 64-px crops, Restore gives 128-px ones, Paste
+    puts them back where they came from, and the one-node restore does the same."""
+    save_gpen(models / "facerestore_models" / "GPEN-SR.pth", 64, out_size=128)
+    model = run(nodes.GPENModelLoader, "GPEN-SR.pth", "fp32", False).result[0]
+    image = image_batch(grace)
+    crops, faces, _ = detect(nodes, image, detector, model)
+    restored = run(nodes.GPENRestoreFaces, model, crops, 0.8).result[0]
+    assert crops.shape[1:] == (64, 64, 3) and restored.shape[1:] == (128, 128, 3)
+    separate, mask = paste(nodes, image, restored, faces)
+    together, _ = one_node(nodes, image, model, detector)
+    torch.testing.assert_close(together, separate, atol=SAME_ROUTE_TOLERANCE, rtol=0)
+    assert (separate - image).abs().amax(dim=-1)[mask > 0.5].mean() > 0.02
+    assert torch.equal(separate[mask == 0], image[mask == 0])
+
+
 def test_core_face_landmarks_restore_as_the_detector_does(nodes, model, detector, grace):
     """Core ComfyUI's FACE_LANDMARKS in the detector's socket: the same faces give the same crops, records and
     restored picture, through the separate nodes and the one-node restore."""
