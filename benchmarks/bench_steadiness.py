@@ -3,6 +3,7 @@
     python benchmarks/bench_steadiness.py                 # 20 noise seeds per scene, 120 frames each
     python benchmarks/bench_steadiness.py --seeds 5 --noise 0.01 0.02
     python benchmarks/bench_steadiness.py --sweep         # the sweep below instead (5 seeds per point)
+    python benchmarks/bench_steadiness.py --rendered      # the detector's own landmarks on rendered frames
 
 The real landmarks RetinaFace (MobileNet-0.25, the fixture detector) finds on tests/fixtures/images/
 grace_hopper.jpg are moved along known paths, with independent Gaussian noise per frame on every landmark and box
@@ -10,15 +11,20 @@ coordinate (`--noise`, in face sizes: detectors jitter by ~1-2 % on video), then
 `face_utils.tracking` (`assign_tracks`, then `smooth_tracks` at smoothing 1). Scenes: a still face, one moving at
 constant velocity, one swaying (0.3 face sizes, 50-frame period), a scene cut (a jump of 1.3 face sizes), and the
 swaying face with detector misses of 3 and 5 frames (gap filling). `--sweep` runs a face swaying sideways over
-periods of 24 to 240 frames and amplitudes up to the face's width, with noise of 0.5 to 3 % of the face, and prints
-the smoothed error against the true path as a fraction of the raw detections' (the smoothing window is chosen per
-track, so every point gets its own). Synthetic noise only: detections on rendered frames are not swept. Pixel flicker of the pasted faces needs the full
-pipeline (GPEN and paste-back) and is not measured here. Prints a Markdown table; the numbers are means over seeds.
+periods of 24 to 240 frames and amplitudes up to the face's width (the widest also zooming by +-15 %), with noise of
+0.5 to 3 % of the face, and prints the smoothed error against the true path as a fraction of the raw detections'
+(the smoothing windows are chosen per track, so every point gets its own). `--rendered` draws the fixture photo
+into 960x540 frames along such paths (a 150-px face, clean or grainy) and tracks what a real detector
+(`--detector`: the fixture's MobileNet-0.25, or ResNet-50 where its weights are in `--detector-dir`) finds there:
+its own noise, with its own correlations between landmarks and frames. Pixel flicker of the pasted faces needs the
+full pipeline (GPEN and paste-back): benchmarks/bench_temporal.py. Prints Markdown tables; numbers are means over
+seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import sys
@@ -46,6 +52,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, nargs="+", default=[0.015], help="landmark noise, face sizes")
     parser.add_argument("--detector-dir", type=Path, default=REPO_ROOT / "tests" / "fixtures" / "facedetection")
     parser.add_argument("--sweep", action="store_true", help="the motion and noise sweep instead of the scenes")
+    parser.add_argument("--rendered", action="store_true", help="the sweep on rendered frames, through --detector")
+    parser.add_argument("--detector", default="retinaface_mobile0.25", help="for --rendered")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -64,6 +72,10 @@ def main() -> None:
     if args.sweep:
         print(sweep_table(base, min(args.seeds, 5), args.frames))
         return
+    if args.rendered:
+        print(rendered_table(image, base, load_detector(args.detector, args.detector_dir), min(args.seeds, 2),
+                             args.frames))
+        return
     rows = []
     for noise in args.noise:
         rows += scene_rows(base, noise, args.seeds, args.frames)
@@ -80,8 +92,12 @@ def main() -> None:
 
 
 SWEEP_PERIODS = (24, 48, 96, 240)  # frames: from a fast shake to a slow drift
-SWEEP_AMPLITUDES = (0.25, 0.5, 1.0)  # face sizes
+SWEEP_MOTIONS = ((0.25, 0.0), (0.5, 0.0), (1.0, 0.0), (1.0, 0.15))  # (amplitude in face sizes, zoom)
 SWEEP_NOISE = (0.005, 0.015, 0.03)  # face sizes
+RENDERED_HW = (540, 960)
+RENDERED_FACE_PX = 150.0
+RENDERED_MOTIONS = ((0.0, 0.0), (0.5, 0.0), (140 / 150, 0.15))  # the last: the sway the issue measured
+RENDERED_PIXEL_NOISE = (2.0 / 255, 16.0 / 255)  # clean frames, and grainy ones (the detector's noise grows)
 
 
 def sweep_table(base, seeds: int, frames: int) -> str:
@@ -91,23 +107,89 @@ def sweep_table(base, seeds: int, frames: int) -> str:
     size = base.box_size
     lines = [f"Sway sweep (fixture face {size:.0f} px, {seeds} seeds x {frames} frames, smoothing 1): smoothed error "
              "against the true path / raw detections' error.\n",
-             "| period, frames | amplitude, face sizes | " + " | ".join(f"noise {n:.1%}" for n in SWEEP_NOISE) + " |",
-             "|---|---|" + "---|" * len(SWEEP_NOISE)]
-    for period, amplitude in itertools.product(SWEEP_PERIODS, SWEEP_AMPLITUDES):
+             "| period, frames | amplitude, face sizes | zoom | "
+             + " | ".join(f"noise {n:.1%}" for n in SWEEP_NOISE) + " |",
+             "|---|---|---|" + "---|" * len(SWEEP_NOISE)]
+    for period, (amplitude, zoom) in itertools.product(SWEEP_PERIODS, SWEEP_MOTIONS):
         def path(t: float) -> tuple[float, float]:
             return 960.0 + amplitude * size * np.sin(2 * np.pi * t / period), 540.0
 
-        truth = np.stack([true_landmarks(base, path(t)) for t in range(frames)])
+        def scale(t: float) -> float:
+            return 1.0 + zoom * np.sin(2 * np.pi * t / period)
+
+        truth = np.stack([scaled_points(true_landmarks(base, path(t)), path(t), scale(t)) for t in range(frames)])
         cells = []
         for noise in SWEEP_NOISE:
             ratios = []
             for seed in range(seeds):
                 rng = np.random.default_rng(seed)
-                (raw,) = assign_tracks([[place(base, t, path(t), noise, rng)] for t in range(frames)])
+                (raw,) = assign_tracks([[scaled(place(base, t, path(t), noise, rng), scale(t))]
+                                        for t in range(frames)])
                 (smooth,) = smooth_tracks([raw])
                 ratios.append(error(track_landmarks(smooth), truth) / error(track_landmarks(raw), truth))
             cells.append(f"{np.mean(ratios):.2f}")
-        lines.append(f"| {period} | {amplitude} | " + " | ".join(cells) + " |")
+        lines.append(f"| {period} | {amplitude} | {zoom:.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rendered_table(image: np.ndarray, base, detector, seeds: int, frames: int) -> str:
+    """Markdown: raw and smoothed landmark error against the true path, and jitter, for the fixture photo drawn
+    into frames along swaying and zooming paths and detected there by `detector`."""
+    import cv2
+    from comfyui_gpen_restore.face_utils.tracking import assign_tracks, smooth_tracks
+
+    height, width = RENDERED_HW
+    centre = np.array(base.box_xyxy).reshape(2, 2).mean(axis=0)
+    base_scale = RENDERED_FACE_PX / base.box_size
+    lines = [f"Rendered frames ({width}x{height}, a {RENDERED_FACE_PX:.0f}-px face, Gaussian pixel noise of the "
+             f"given standard deviation in 8-bit levels, {detector.name}, {seeds} seeds x {frames} frames, smoothing 1): "
+             "mean landmark error against the true path (px), and frame-to-frame jitter where the face is still. The "
+             "detector also places each landmark a few px off where it sits on the photo, the same on every frame "
+             "(its own bias at this size: no smoothing removes it); the last columns measure against the true path "
+             "moved by that offset (the raw detections' mean, in face units), which leaves the noise.\n",
+             "| pixel noise | period, frames | amplitude, face sizes | zoom | raw, px | smoothed, px | beyond the "
+             "offset: raw, px | smoothed, px | smoothed / raw |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for pixel_noise, period, (amplitude, zoom) in itertools.product(RENDERED_PIXEL_NOISE, SWEEP_PERIODS,
+                                                                    RENDERED_MOTIONS):
+        if amplitude == 0.0 and period != SWEEP_PERIODS[0]:
+            continue  # a still face has no period
+        results = []
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            detections, truth, scales = [], [], []
+            for t in range(frames):
+                phase = np.sin(2 * np.pi * t / period)
+                scale = base_scale * (1.0 + zoom * phase)
+                target = np.array([width / 2 + amplitude * RENDERED_FACE_PX * phase, height / 2])
+                affine = np.array([[scale, 0.0, target[0] - scale * centre[0]],
+                                   [0.0, scale, target[1] - scale * centre[1]]])
+                frame = cv2.warpAffine(image, affine, (width, height), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REFLECT_101)
+                frame = np.clip(frame + rng.normal(0.0, pixel_noise, frame.shape), 0, 1).astype(np.float32)
+                detections.append([dataclasses.replace(face, frame_index=t) for face in detector.detect(frame)])
+                truth.append(scale * (np.array(base.landmarks_xy) - centre) + target)
+                scales.append(scale)
+            raw = max(assign_tracks(detections), key=lambda track: len(track.detected_frames))
+            (smooth,) = smooth_tracks([raw])
+            seen = sorted(raw.detected_frames)
+            raw_xy, smooth_xy = track_landmarks(raw, seen), track_landmarks(smooth, seen)
+            truth_seen, scale_seen = np.stack(truth)[seen], np.array(scales)[seen, None, None]
+            offset = ((raw_xy - truth_seen) / scale_seen).mean(axis=0)  # the detector's own, per landmark
+            shifted = truth_seen + scale_seen * offset
+            if amplitude == 0.0:
+                results.append((jitter(raw_xy), jitter(smooth_xy)) * 2)
+            else:
+                results.append((error(raw_xy, truth_seen), error(smooth_xy, truth_seen), error(raw_xy, shifted),
+                                error(smooth_xy, shifted)))
+        raw_px, smooth_px, raw_noise, smooth_noise = np.mean(results, axis=0)
+        noise = f"{pixel_noise * 255:.0f}"
+        if amplitude == 0.0:
+            lines.append(f"| {noise} | still (jitter) | 0 | 0% | {raw_px:.2f} | {smooth_px:.3f} | | | "
+                         f"{smooth_px / raw_px:.3f} |")
+        else:
+            lines.append(f"| {noise} | {period} | {amplitude:.2f} | {zoom:.0%} | {raw_px:.2f} | {smooth_px:.2f} | "
+                         f"{raw_noise:.2f} | {smooth_noise:.2f} | {smooth_noise / raw_noise:.2f} |")
     return "\n".join(lines)
 
 
@@ -243,6 +325,11 @@ def crowd_line(base, seeds: int, frames: int, people: int = 8) -> str:
     return (f"Crowd of {people} ({seeds} seeds x {frames} frames, paths crossing, occluded and 5 % missed faces): "
             f"{tracks / seeds:.1f} tracks per run, {1000 * switches / face_frames:.2f} identity switches per 1000 "
             "detected faces.")
+
+
+def scaled_points(points: np.ndarray, centre_xy: tuple[float, float], scale: float) -> np.ndarray:
+    """`points` [N, 2] scaled by `scale` about `centre_xy`."""
+    return (points - np.array(centre_xy)) * scale + np.array(centre_xy)
 
 
 def scaled(face, scale: float):

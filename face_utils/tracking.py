@@ -47,10 +47,10 @@ CUT_SIZE_RATIO = 1.5
 """So is a box-size change beyond this ratio between consecutive frames (a cut from a wide shot to a close-up)."""
 SIGMA_CHOICES_FRAMES = tuple(float(s) for s in np.geomspace(0.5, 60.0, 25))
 """Gaussian window sigmas (frames) of the local quadratic regression that smoothing 1 chooses among, per track
-segment, by leave-one-out cross-validation on the segment's own detections (`choose_sigma`). The detector's noise
-and the motion vary by clip, face size and detector, so no one window fits: a fixed sigma 5 made a face swaying
-+-140 px every 48 frames less accurate than the raw detections (1.89 vs 1.58 px) while a still face could take
-far more. From 0.5 frames (almost no smoothing, for fast motion) to 60 (a still face over seconds)."""
+segment and coordinate, by leave-one-out cross-validation on the segment's own detections (`choose_sigma`). The
+detector's noise and the motion vary by clip, face size and detector, so no one window fits: a fixed sigma 5 made
+a face swaying +-140 px every 48 frames less accurate than the raw detections (1.89 vs 1.58 px) while a still face
+could take far more. From 0.5 frames (almost no smoothing, for fast motion) to 60 (a still face over seconds)."""
 SMOOTHING_SIGMA_FRAMES = 5.0
 """The window sigma (frames) of `smooth_series` when a caller fixes one (`sigma_frames`)."""
 MIN_SEGMENT_FRAMES = 6
@@ -195,16 +195,20 @@ def smooth_tracks(tracks: Sequence[Track], *, smoothing: float = 1.0) -> list[Tr
     """Each track with its landmarks and box smoothed over time (scores, frames and ids unchanged).
 
     Local quadratic regression in a Gaussian window over each of `Track.segments()` (never across a scene cut or
-    a hole), its width chosen for each segment from the segment's own detections (`choose_sigma`) and multiplied
-    by `smoothing`: 1 is that choice, 0 off, others scale it. Zero lag on steady and accelerating motion; a
-    segment shorter than `MIN_SEGMENT_FRAMES` is left as detected. Smoothed records lose their alignment fields
-    (align afterwards) and keep their frame fingerprint.
+    a hole), in the face's own motion coordinates (`motion_coordinates`: where the face is, and where each point
+    sits on it), each window chosen from the segment's own detections (`choose_sigma`) and multiplied by
+    `smoothing`: 1 is that choice, 0 off, others scale it. A face that moves fast keeps a narrow window for its
+    position, while its shape, which hardly changes, is averaged over many frames. Zero lag on steady and
+    accelerating motion; a segment shorter than `MIN_SEGMENT_FRAMES` is left as detected. Smoothed records lose
+    their alignment fields (align afterwards) and keep their frame fingerprint.
     """
     if smoothing == 0.0:
         return list(tracks)
     out = []
     for track in tracks:
-        smoothed = smooth_series(track.series(), track.segments(), smoothing=smoothing, sigma_frames=None)
+        motion = motion_coordinates(track.series())
+        smoothed = from_motion_coordinates(
+            smooth_series(motion, track.segments(), smoothing=smoothing, sigma_frames=None))
         faces = {frame: _with_vector(face, row) for (frame, face), row in zip(track.faces.items(), smoothed)}
         out.append(Track(track.track_id, faces, track.detected_frames))
     return out
@@ -225,8 +229,9 @@ def smooth_series(
         segments: half-open (start, stop) row ranges smoothed independently (`Track.segments()`); rows outside
             every segment are returned unchanged. None = one segment of all T rows.
         smoothing: multiplies the window's sigma (0 or more); 0 returns a copy of `values`.
-        sigma_frames: Gaussian window sigma in frames at smoothing 1; None chooses it per segment from the
-            segment's own rows (`choose_sigma`), which then leaves segments under `MIN_SEGMENT_FRAMES` rows alone.
+        sigma_frames: Gaussian window sigma in frames at smoothing 1; None chooses it per segment and column from
+            the segment's own rows (`choose_sigma`), which then leaves segments under `MIN_SEGMENT_FRAMES` rows
+            alone.
 
     Returns:
         Array of the shape and float dtype of `values` (float64 for integer input).
@@ -243,28 +248,62 @@ def smooth_series(
         if not 0 <= start < stop <= len(values) or covered[start:stop].any():
             raise TrackingError(f"segment {(start, stop)} is empty, overlaps another or leaves the {len(values)} rows")
         covered[start:stop] = True
-        if sigma_frames is None:
-            sigma = smoothing * choose_sigma(flat[start:stop]) if stop - start >= MIN_SEGMENT_FRAMES else 0.0
+        if sigma_frames is not None:
+            sigmas = np.full(flat.shape[1], smoothing * sigma_frames)
+        elif stop - start >= MIN_SEGMENT_FRAMES:
+            sigmas = smoothing * choose_sigma(flat[start:stop])
         else:
-            sigma = smoothing * sigma_frames
-        if sigma >= MIN_SIGMA_FRAMES and stop - start > 1:
-            flat[start:stop] = _local_quadratic(flat[start:stop], sigma)[0]
+            continue
+        if stop - start < 2:
+            continue
+        for sigma in np.unique(sigmas[sigmas >= MIN_SIGMA_FRAMES]):  # columns that share a window, fitted together
+            columns = np.flatnonzero(sigmas == sigma)
+            flat[start:stop, columns] = _local_quadratic(flat[start:stop, columns], float(sigma))[0]
     return out.astype(dtype, copy=False)
 
 
-def choose_sigma(y: np.ndarray) -> float:
-    """The window sigma (frames) among `SIGMA_CHOICES_FRAMES` whose local quadratic fit best predicts each row of
-    `y` [n, D] from the others (leave-one-out cross-validation, exact for this linear smoother: a row's own
-    residual divided by 1 - its own weight), or 0 (no smoothing) when the narrowest window predicts best: then the
-    rows hold no noise a window could average away (or move faster than any window follows). The data set the
-    amount: wide windows where the track is still or the detector noisy, narrow ones where the face moves fast."""
-    best_error, best_sigma = math.inf, 0.0
+def choose_sigma(y: np.ndarray) -> np.ndarray:
+    """For each column of `y` [n, D], the window sigma (frames) among `SIGMA_CHOICES_FRAMES` whose local quadratic
+    fit best predicts each row from the others (leave-one-out cross-validation, exact for this linear smoother: a
+    row's own residual divided by 1 - its own weight), or 0 (no smoothing) where the narrowest window predicts
+    best: there the rows hold no noise a window could average away (or move faster than any window follows). The
+    data set the amount: wide windows where the column is still or the detector noisy, narrow ones where it moves
+    fast. Returns [D] floats."""
+    errors = []
     for sigma in SIGMA_CHOICES_FRAMES:
         fitted, own_weight = _local_quadratic(y, sigma)
-        error = float((((y - fitted) / (1.0 - own_weight)[:, None]) ** 2).sum())
-        if error < best_error:
-            best_error, best_sigma = error, sigma
-    return 0.0 if best_sigma == SIGMA_CHOICES_FRAMES[0] else best_sigma
+        errors.append((((y - fitted) / (1.0 - own_weight)[:, None]) ** 2).sum(axis=0))
+    best = np.argmin(np.stack(errors), axis=0)  # the first (narrowest) of equals
+    return np.where(best == 0, 0.0, np.asarray(SIGMA_CHOICES_FRAMES)[best])
+
+
+def motion_coordinates(series: np.ndarray) -> np.ndarray:
+    """A track's series [T, 14] (`Track.series`) in the face's own motion coordinates [T, 18]: where it is (the
+    centroid x, y of its seven points: five landmarks, two box corners), how large and how turned it is (log scale
+    and angle, least squares against the track's mean shape), then where each point sits on it (x, y in the face's
+    own frame). Position, size and turn carry the motion, each averaged over seven points' noise; the shape in the
+    face's frame changes far more slowly (an expression, a turn of the head), so it can be averaged over many frames
+    while a fast move keeps a narrow window. Exactly undone by `from_motion_coordinates`, whatever is done to each
+    column in between."""
+    points = series.reshape(len(series), 7, 2)
+    centroid = points.mean(axis=1, keepdims=True)
+    offsets = points - centroid
+    reference = offsets.mean(axis=0)  # the track's mean shape: sizes and turns are measured against it
+    # Least-squares similarity taking the reference to each frame's offsets: a + ib = sum(conj(r) o) / sum(|r|^2).
+    ref_c, off_c = reference[:, 0] + 1j * reference[:, 1], offsets[..., 0] + 1j * offsets[..., 1]
+    similarity = (np.conj(ref_c) * off_c).sum(axis=1) / max(float((np.abs(ref_c) ** 2).sum()), 1e-12)
+    similarity = np.where(np.abs(similarity) > 1e-12, similarity, 1.0)  # a degenerate face: no turn, unit scale
+    angle = np.unwrap(np.angle(similarity))
+    shape = off_c / similarity[:, None]  # the offsets in the face's own frame
+    return np.column_stack([centroid[:, 0], np.log(np.abs(similarity)), angle, shape.real, shape.imag])
+
+
+def from_motion_coordinates(motion: np.ndarray) -> np.ndarray:
+    """The series [T, 14] that `motion` [T, 18] (`motion_coordinates`) describes."""
+    similarity = np.exp(motion[:, 2] + 1j * motion[:, 3])
+    offsets = similarity[:, None] * (motion[:, 4:11] + 1j * motion[:, 11:18])
+    points = np.stack([offsets.real, offsets.imag], axis=-1) + motion[:, None, 0:2]
+    return points.reshape(len(motion), 14)
 
 
 def _local_quadratic(y: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
