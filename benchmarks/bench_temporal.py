@@ -7,8 +7,9 @@ with fresh fine detail (noise of 0.06) drawn at every call, as a GAN's invented 
 Rows: the frame-to-frame change inside a still face (flicker), how much the eyes follow a 3-frame blink, the mean
 difference from the per-frame restore on a face moving 6 px a frame over a striped background with a restorer that
 invents nothing (a ghost of the neighbours would show there), each with the input agreement on and switched off;
-then the time of the combination per face at 512, 1024 and 2048 px against GPEN's own on this machine. Prints
-Markdown tables (the README shows them).
+then the time the stage adds per face at 512, 1024 and 2048 px against GPEN's own (the published configuration,
+random weights; fp32, and bf16 where the CPU has it natively) on this machine. Prints Markdown tables (the README
+shows them).
 """
 
 from __future__ import annotations
@@ -109,17 +110,41 @@ def main() -> None:
     for label, flicker, followed, ghost in rows:
         print(f"| {label} | {flicker:.2f}x | {followed:.2f}x | {ghost:.1e} |")
 
-    print("\n| crop | combining 6 neighbours, ms per face |\n|---|---|")
+    from comfyui_gpen_restore.gpen_arch import GPEN
+    from comfyui_gpen_restore.gpen_arch.runner import cpu_has_native_bf16
+
+    dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_native_bf16() else [])
+    names = " / ".join(str(dtype).removeprefix("torch.") for dtype in dtypes)
+    print(f"\n| crop | combining 6 neighbours, ms per face | GPEN at that size ({names}), ms per face | share |")
+    print("|---|---|---|---|")
     for size in (512, 1024, 2048):
         own, own_input = torch.rand(size, size, 3), torch.rand(size, size, 3)
         side = min(size, temporal.COMPARE_SIZE)
         neighbours = [(k, temporal._blurred(torch.rand(size, size, 3), side), torch.rand(size, size, 3))
                       for k in (-3, -2, -1, 1, 2, 3)]
-        temporal.combine(temporal._blurred(own_input, side), own, neighbours)  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
-            temporal.combine(temporal._blurred(own_input, side), own, neighbours)
-        print(f"| {size} | {(time.perf_counter() - start) / 3 * 1000:.0f} |")
+
+        def steady() -> None:  # what the stage adds per face: its input compared, its output copied and combined
+            temporal.combine(temporal._blurred(own_input, side), own.clone(), neighbours)
+
+        combining = seconds(steady)
+        gpen = []
+        for dtype in dtypes:  # the published configuration, random weights: the same arithmetic as real ones
+            model = GPEN(size=size).to(dtype).eval()
+            crop = torch.rand(1, 3, size, size, dtype=dtype) * 2 - 1
+            with torch.inference_mode():
+                gpen.append(seconds(lambda: model(crop), repeats=1))
+            del model
+        share = " / ".join(f"{combining / g:.0%}" for g in gpen)
+        print(f"| {size} | {combining * 1000:.0f} | {' / '.join(f'{g * 1000:.0f}' for g in gpen)} | {share} |")
+
+
+def seconds(work, repeats: int = 3) -> float:
+    """Mean wall time of `work()` over `repeats` runs after one warm-up run."""
+    work()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    return (time.perf_counter() - start) / repeats
 
 
 if __name__ == "__main__":

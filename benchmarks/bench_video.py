@@ -173,14 +173,15 @@ def print_steady_row(row: dict, *, header: bool) -> None:
         print(f"Still sequence, {row['frames']} frames, per-frame noise sigma 2/255; flicker = mean |frame t - "
               "frame t-1| over the pixels inside every frame's pasted mask (mask = 1), in 8-bit levels, after "
               "rounding to 8 bits; 'identity' pastes the aligned crops back unrestored (the pipeline's own share).\n")
-        print("| restorer | smoothing | faces | landmark jitter px (RMS frame-to-frame) | flicker input | flicker "
-              "output | output - input | mask px |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| restorer | smoothing | temporal consistency | faces | landmark jitter px (RMS frame-to-frame) | "
+              "flicker input | flicker output | output - input | mask px |")
+        print("|---|---|---|---|---|---|---|---|---|")
     name = f"GPEN-{row['model']}" if row["restorer"] == "gpen" else "identity"
     if "error" in row:
-        print(f"| {name} | {row['smoothing']} | error: {row['error']} ||||||", flush=True)
+        print(f"| {name} | {row['smoothing']} | {row['temporal']} | error: {row['error']} ||||||", flush=True)
         return
-    print(f"| {name} | {'on (1.0)' if row['smoothing'] else 'off'} | {row['faces']} | {row['jitter_px']:.3f} "
+    print(f"| {name} | {'on (1.0)' if row['smoothing'] else 'off'} | {'on' if row['temporal'] else 'off'} "
+          f"| {row['faces']} | {row['jitter_px']:.3f} "
           f"| {row['flicker_in']:.2f} | {row['flicker_out']:.2f} | {row['flicker_out'] - row['flicker_in']:+.2f} "
           f"| {row['mask_px']} |", flush=True)
 
@@ -212,14 +213,17 @@ def run_worker(job: dict) -> dict:
         return result
     cached = CachedDetector(detector)  # the variants see the same frames: detect them once
     variants = []
-    for restorer, smoothing in STEADY_VARIANTS:
-        run = measured_run(frames, runner, cached, smoothing=smoothing, restorer=restorer)
+    for restorer, smoothing, temporal in STEADY_VARIANTS:
+        run = measured_run(frames, runner, cached, smoothing=smoothing, restorer=restorer,
+                           temporal_consistency=temporal)
         measures = steadiness(frames, *run.pop("out"))
-        variants.append({"restorer": restorer, "smoothing": smoothing, **run, **measures})
+        variants.append({"restorer": restorer, "smoothing": smoothing, "temporal": temporal, **run, **measures})
     return {"variants": variants}
 
 
-STEADY_VARIANTS = (("gpen", 0.0), ("gpen", 1.0), ("identity", 0.0), ("identity", 1.0))
+# (restorer, temporal smoothing, temporal consistency)
+STEADY_VARIANTS = (("gpen", 0.0, False), ("gpen", 1.0, False), ("gpen", 1.0, True), ("identity", 0.0, False),
+                   ("identity", 1.0, False))
 
 
 class CachedDetector:
@@ -237,7 +241,8 @@ class CachedDetector:
         return list(self.cache[frame_index])
 
 
-def measured_run(frames, runner, detector, *, smoothing: float, restorer: str) -> dict:
+def measured_run(frames, runner, detector, *, smoothing: float, restorer: str,
+                 temporal_consistency: bool = False) -> dict:
     """`restore_image` on `frames` with `runner` ("gpen") or the aligned crops pasted back as they are
     ("identity"); times per step and peak memory (see the module docstring)."""
     import numpy as np
@@ -269,7 +274,7 @@ def measured_run(frames, runner, detector, *, smoothing: float, restorer: str) -
     start = time.perf_counter()
     out_image, out_mask, faces = restore_image(
         frames, detector, restore, DetectSettings(crop_size=runner.size, smoothing=smoothing), PasteSettings(),
-        on_progress=on_progress,
+        on_progress=on_progress, temporal_consistency=temporal_consistency,
     )
     elapsed = time.perf_counter() - start
     call_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

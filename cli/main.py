@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..face_utils.choices import DEFAULT_EROSION, DEFAULT_FEATHER, DEFAULT_MAX_GAP, DETECTORS, MASK_SHAPES
+from ..face_utils.choices import (
+    DEFAULT_EROSION,
+    DEFAULT_FEATHER,
+    DEFAULT_MAX_GAP,
+    DEFAULT_TEMPORAL_CONSISTENCY,
+    DETECTORS,
+    MASK_SHAPES,
+)
 from ..face_utils.choices import DEFAULT_DAMAGE_FEATHER, DEFAULT_DAMAGE_GROW, ORDERS, TEMPLATES
 from ..gpen_arch.choices import DEFAULT_STRENGTH, LUMINANCES, PRECISIONS, TASKS
 from ..model_files.errors import MissingDependencyError, UnsupportedCheckpointError
@@ -87,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-gap", type=int, default=DEFAULT_MAX_GAP,
                         help="videos and --sequence: frames a face may go undetected and keep its track (the gap "
                         "is filled in)")
-    parser.add_argument("--temporal-consistency", action="store_true",
+    parser.add_argument("--temporal-consistency", action=argparse.BooleanOptionalAction,
+                        default=DEFAULT_TEMPORAL_CONSISTENCY,
                         help="videos and --sequence: steady the detail GPEN invents, averaging each restored face "
-                        "with the same person's in the neighbouring frames where their inputs agree")
+                        "with the same person's in the neighbouring frames where their inputs agree (--no-... "
+                        "restores each frame on its own)")
     parser.add_argument("--detection-size", type=int, default=0,
                         help="long side in pixels of the copy the detector sees; 0 = full resolution, in tiles "
                         "above 1920x1088 (finds small faces); 1024 is faster on large images")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..face_utils import pipeline
+from ..face_utils.choices import DEFAULT_TEMPORAL_CONSISTENCY
 from ..face_utils.face_set import DetectSettings, FaceInputError, FaceSet
 from ..face_utils.conversion import frames_to_image
 from ..face_utils.detection import FaceDetector
@@ -54,7 +55,7 @@ class Session:
     damage: np.ndarray | None = None  # --mask: where every input is damaged (a repairing model's input)
     repair_settings: RepairSettings = RepairSettings()
     upscaler: Upscaler | None = None  # --background-upscale: the canvas photos' faces are pasted onto
-    temporal_consistency: bool = False  # --temporal-consistency, for videos and --sequence
+    temporal_consistency: bool = DEFAULT_TEMPORAL_CONSISTENCY  # for videos and --sequence
 
     @classmethod
     def start(cls, args: argparse.Namespace, models: list[tuple[Path, str]], device: torch.device,

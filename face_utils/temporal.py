@@ -79,6 +79,7 @@ class TemporalConsistency:
     def _combined(self, current: _Frame) -> torch.Tensor | None:
         if current.restored is None or current.inputs is None:
             return current.restored
+        # The faces as restored stay as they are: they are the later frames' neighbours.
         out, shot = current.restored.clone(), self._shot(current.index)
         for position, face in enumerate(current.faces):
             if face.track_id is None:
@@ -88,7 +89,7 @@ class TemporalConsistency:
                           and abs(other.index - current.index) <= self.radius and self._shot(other.index) == shot
                           for i, f in enumerate(other.faces) if f.track_id == face.track_id]
             if neighbours:
-                out[position] = combine(current.inputs[position], current.restored[position], neighbours)
+                combine(current.inputs[position], out[position], neighbours)
         return out
 
     def _shot(self, index: int) -> int:
@@ -97,10 +98,9 @@ class TemporalConsistency:
 
 def combine(own_input: torch.Tensor, own: torch.Tensor,
             neighbours: Sequence[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """A restored crop [S', S', C] averaged with its neighbours' (offset in frames, compared input, restored), each
-    pixel weighted by the time Gaussian and by how alike the inputs are there (see the module). Inputs come as
-    `_blurred` makes them."""
-    size = own.shape[0]
+    """A restored crop [S', S', C] averaged, in place, with its neighbours' (offset in frames, compared input,
+    restored), each pixel weighted by the time Gaussian and by how alike the inputs are there (see the module).
+    Inputs come as `_blurred` makes them. Returns `own`."""
     differences = [((own_input - other_input) ** 2).sum(dim=-1) for _offset, other_input, _restored in neighbours]
     # The typical difference between inputs of the track: consecutive frames' noise (and slow motion).
     typical = torch.stack([d.median() for d in differences]).min().clamp(min=1e-8)
@@ -110,13 +110,14 @@ def combine(own_input: torch.Tensor, own: torch.Tensor,
     # Normalised where they are smooth (at the comparison size), then brought to the crop's size all at once.
     weights = torch.stack(weights)
     weights = weights / weights.sum(dim=0, keepdim=True)
+    size = own.shape[0]
     if weights.shape[-1] != size:
         weights = F.interpolate(weights[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     weights = weights[..., None].to(own.dtype)
-    out = own * weights[0]
+    own.mul_(weights[0])
     for weight, (_offset, _input, restored) in zip(weights[1:], neighbours):
-        out.addcmul_(weight, restored.to(own.dtype))
-    return out
+        own.addcmul_(weight, restored.to(own.dtype))
+    return own
 
 
 def _blurred(crop: torch.Tensor, size: int) -> torch.Tensor:

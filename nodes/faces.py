@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..face_utils import PasteSettings
+from ..face_utils.choices import DEFAULT_TEMPORAL_CONSISTENCY
 from ..face_utils.conversion import check_image_batch, frame_to_numpy, frames_to_image
 from ..face_utils.detection import FaceDetector
 from ..face_utils.face_set import DetectSettings, FaceSet
@@ -212,7 +213,7 @@ class GPENRestoreFacesOneNode(io.ComfyNode):
                 max_gap: int = 5, detection_size: int = 0, luminance: str = "keep", damage: torch.Tensor | None = None,
                 damage_grow: float = RepairSettings.grow,
                 damage_feather: float = RepairSettings.feather, canvas: torch.Tensor | None = None,
-                temporal_consistency: bool = False) -> io.NodeOutput:
+                temporal_consistency: bool = DEFAULT_TEMPORAL_CONSISTENCY) -> io.NodeOutput:
         check_image_batch(image)
         if canvas is not None:
             check_image_batch(canvas, name="canvas")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from comfy_api.latest import io
 
 from ..face_utils import MASK_SHAPES, ORDERS, TEMPLATES, PasteSettings
+from ..face_utils.choices import DEFAULT_TEMPORAL_CONSISTENCY
 from ..face_utils.repair import RepairSettings
 from ..gpen_arch.choices import LUMINANCES
 from ..gpen_arch.runner import DEFAULT_STRENGTH
@@ -108,11 +109,13 @@ def luminance_input() -> io.Combo.Input:
 
 
 def consistency_input() -> io.Input:
-    return io.Boolean.Input("temporal_consistency", default=False, optional=True, **advanced(), tooltip=(
+    return io.Boolean.Input("temporal_consistency", default=DEFAULT_TEMPORAL_CONSISTENCY, optional=True, **advanced(),
+                            tooltip=(
         "For video frames: steady the detail GPEN invents (pores, hair, lashes), which otherwise differs from frame "
         "to frame and shimmers: each restored face is averaged with the same person's in the 3 frames before and "
         "after, pixel by pixel, where their inputs agree, so a blink or a moving mouth still follows the video. "
-        "Never across a cut; not for repaired faces."))
+        "Never across a cut; not for repaired faces; single images are unaffected. Off: each frame restored on its "
+        "own, as the separate nodes do."))
 
 
 def canvas_input() -> io.Input:

@@ -287,7 +287,8 @@ def test_a_long_video_never_holds_all_its_frames(models_dir, home, monkeypatch):
 
 
 def test_temporal_consistency_reaches_every_frame_of_a_sequence(models_dir, home, fixtures_dir, monkeypatch):
-    """--temporal-consistency: every frame's faces go through the steadying stage, and all frames are written."""
+    """Temporal consistency, on unless --no-temporal-consistency: every frame's faces go through the steadying
+    stage, and all frames are written."""
     from comfyui_gpen_restore.face_utils import temporal
 
     seen = []
@@ -298,6 +299,9 @@ def test_temporal_consistency_reaches_every_frame_of_a_sequence(models_dir, home
     frames_dir.mkdir()
     for index, frame in enumerate(moving_frames(read_rgb(fixtures_dir / "images" / "grace_hopper.jpg"), 6)):
         cv2.imwrite(str(frames_dir / f"frame{index}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    assert run_cli(["--input", frames_dir, "--sequence", "--output", out, "--temporal-consistency",
-                    *cli_args(models_dir)], home) == 0
+    assert run_cli(["--input", frames_dir, "--sequence", "--output", out, *cli_args(models_dir)], home) == 0
     assert seen == list(range(6)) and len(list(out.iterdir())) == 6
+    seen.clear()
+    assert run_cli(["--input", frames_dir, "--sequence", "--output", home / "plain", "--no-temporal-consistency",
+                    *cli_args(models_dir)], home) == 0
+    assert seen == [] and len(list((home / "plain").iterdir())) == 6

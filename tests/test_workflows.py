@@ -642,12 +642,13 @@ def test_restore_photo_queued_from_the_page_runs(page: FrontendPage, comfy_serve
 
 # The workflow files as the pack first shipped them (commit 8e28538): what users saved and share.
 SAVED = Path(__file__).parent / "fixtures" / "saved_workflows"
-# Inputs added since then, all optional with these defaults (so a saved file means what it meant).
+# Inputs added since then, all optional with these defaults (so a saved file means what it meant; on video frames,
+# the one-node restore now also steadies the restored detail, temporal_consistency being on by default).
 ADDED_INPUTS = {"GPENModelLoader": {"task": "auto"},
                 "GPENDetectFaces": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0},
                 "GPENRestoreFacesOneNode": {"temporal_smoothing": 1.0, "max_gap": 5, "detection_size": 0,
                                             "luminance": "keep", "damage_grow": 0.02, "damage_feather": 0.03,
-                                            "temporal_consistency": False},
+                                            "temporal_consistency": True},
                 "GPENRestoreFaces": {"output_size": "model", "luminance": "keep", "damage_grow": 0.02,
                                      "damage_feather": 0.03}}
 FIRST_RELEASE = ["restore_photo", "quick_restore", "after_face_swap", "after_generation", "video_frames"]
