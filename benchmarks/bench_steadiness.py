@@ -142,7 +142,8 @@ def rendered_table(image: np.ndarray, base, detector, seeds: int, frames: int) -
     centre = np.array(base.box_xyxy).reshape(2, 2).mean(axis=0)
     base_scale = RENDERED_FACE_PX / base.box_size
     lines = [f"Rendered frames ({width}x{height}, a {RENDERED_FACE_PX:.0f}-px face, Gaussian pixel noise of the "
-             f"given standard deviation in 8-bit levels, {detector.name}, {seeds} seeds x {frames} frames, smoothing 1): "
+             f"given standard deviation in 8-bit levels, {detector.name}, {seeds} seeds x {frames} frames, "
+             "smoothing 1): "
              "mean landmark error against the true path (px), and frame-to-frame jitter where the face is still. The "
              "detector also places each landmark a few px off where it sits on the photo, the same on every frame "
              "(its own bias at this size: no smoothing removes it); the last columns measure against the true path "

@@ -19,15 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..face_utils.choices import (
-    DEFAULT_EROSION,
-    DEFAULT_FEATHER,
-    DEFAULT_MAX_GAP,
-    DEFAULT_TEMPORAL_CONSISTENCY,
-    DETECTORS,
-    MASK_SHAPES,
-)
-from ..face_utils.choices import DEFAULT_DAMAGE_FEATHER, DEFAULT_DAMAGE_GROW, ORDERS, TEMPLATES
+from ..face_utils.choices import DEFAULT_DAMAGE_FEATHER, DEFAULT_DAMAGE_GROW, DEFAULT_EROSION, DEFAULT_FEATHER
+from ..face_utils.choices import DEFAULT_MAX_GAP, DEFAULT_TEMPORAL_CONSISTENCY, DETECTORS, MASK_SHAPES, ORDERS
+from ..face_utils.choices import TEMPLATES
 from ..gpen_arch.choices import DEFAULT_STRENGTH, LUMINANCES, PRECISIONS, TASKS
 from ..model_files.errors import MissingDependencyError, UnsupportedCheckpointError
 from ..model_files.folders import DETECTION_FOLDER, DOWNLOAD_HINT, GPEN_EXTENSIONS, RESTORE_FOLDER, find_models

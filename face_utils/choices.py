@@ -21,6 +21,6 @@ DEFAULT_DAMAGE_GROW = 0.02
 DEFAULT_DAMAGE_FEATHER = 0.03
 # Restored detail steadied over neighbouring frames on video (`temporal.TemporalConsistency`), unless turned off: on
 # a still noisy face it cuts the flicker a detail-inventing restorer leaves to 0.15x and a random-weight GPEN's to
-# 0.22x, follows a blink whole and ghosts nothing, for 2-7 % of GPEN's time (benchmarks/bench_temporal.py and
+# 0.22x, follows a blink whole and ghosts nothing, for 1-9 % of GPEN's time (benchmarks/bench_temporal.py and
 # bench_video.py). Single images are unaffected.
 DEFAULT_TEMPORAL_CONSISTENCY = True

@@ -195,12 +195,12 @@ def smooth_tracks(tracks: Sequence[Track], *, smoothing: float = 1.0) -> list[Tr
     """Each track with its landmarks and box smoothed over time (scores, frames and ids unchanged).
 
     Local quadratic regression in a Gaussian window over each of `Track.segments()` (never across a scene cut or
-    a hole), in the face's own motion coordinates (`motion_coordinates`: where the face is, and where each point
-    sits on it), each window chosen from the segment's own detections (`choose_sigma`) and multiplied by
-    `smoothing`: 1 is that choice, 0 off, others scale it. A face that moves fast keeps a narrow window for its
-    position, while its shape, which hardly changes, is averaged over many frames. Zero lag on steady and
-    accelerating motion; a segment shorter than `MIN_SEGMENT_FRAMES` is left as detected. Smoothed records lose
-    their alignment fields (align afterwards) and keep their frame fingerprint.
+    a hole), in the face's own motion coordinates (`motion_coordinates`: where the face is, its size and turn,
+    and where each point sits on it), each window chosen from the segment's own detections (`choose_sigma`) and
+    multiplied by `smoothing`: 1 is that choice, 0 off, others scale it. A face that moves fast keeps a narrow
+    window for its position, while its shape, which hardly changes, is averaged over many frames. Zero lag on
+    steady and accelerating motion; a segment shorter than `MIN_SEGMENT_FRAMES` is left as detected. Smoothed
+    records lose their alignment fields (align afterwards) and keep their frame fingerprint.
     """
     if smoothing == 0.0:
         return list(tracks)

@@ -1,10 +1,10 @@
 """`GpenRunner`: the one owner of how a loaded GPEN is called, whatever file it came from.
 
 It knows the model's crop size (and the size it restores to: larger for upstream's FullGenerator_SR), the dtype it
-runs in (precision `auto` resolved once, here; `.onnx` graphs always
-in fp32), whether half precision applies, how much memory one face takes, and how to restore a batch of aligned
-crops: `[N, S, S, C]` in 0..1 (channels last, as ComfyUI images are) in, `[N, S', S', 3]` RGB in 0..1 out. The
-nodes, the pipeline and the command line never ask "is it ONNX" themselves.
+runs in (precision `auto` resolved once, here; `.onnx` graphs always in fp32), whether half precision applies, how
+much memory one face takes, and how to restore a batch of aligned crops: `[N, S, S, C]` in 0..1 (channels last,
+as ComfyUI images are) in, `[N, S', S', 3]` RGB in 0..1 out. The nodes, the pipeline and the command line never
+ask "is it ONNX" themselves.
 
 Model tensors are GPEN's own convention: `[N, 3, S, S]` RGB in [-1, 1] (upstream normalises with mean 0.5 and
 std 0.5); the conversion to and from crops lives here and nowhere else.

@@ -84,7 +84,8 @@ def test_stream_window_refuses_rows_it_dropped(fixtures_dir):
         level = stripes.BandedLevel(up_conv, conv, to_rgb, w, torch.float32, 32)
         x = torch.randn(1, up_conv.conv.weight.shape[2], 16, 16).contiguous(memory_format=torch.channels_last)
         feature = stripes.WholeRows(torch.randn(1, up_conv.conv.weight.shape[1], 32, 32))
-        streamed = stripes.StreamedLevel(level, stripes.WholeRows(x), (feature, feature), torch.zeros(1, 3, 16, 16), 8, 8, x)
+        streamed = stripes.StreamedLevel(level, stripes.WholeRows(x), (feature, feature), torch.zeros(1, 3, 16, 16), 8,
+                                         8, x)
         streamed.rows(0, 8)
         streamed.rows(6, 14)
         streamed.rows(12, 20)  # the window is full here: rows before 12 are dropped
