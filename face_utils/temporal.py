@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .face_set import FaceSet
 from .records import FaceRecord
 
 # Neighbours on each side, and the Gaussian (in frames) that weighs them by distance in time.
@@ -94,6 +95,25 @@ class TemporalConsistency:
 
     def _shot(self, index: int) -> int:
         return next((number for number, (start, stop) in enumerate(self.shots) if start <= index < stop), -1)
+
+
+def steady_batch(inputs: torch.Tensor, restored: torch.Tensor, faces: FaceSet) -> torch.Tensor:
+    """The restored crops of a whole batch `[N, S', S', C]` (one per face of `faces`, in its order, as the
+    separate nodes hold them), each combined in place with its track's neighbours as the one-node restore combines
+    them; `inputs` `[N, S, S, C]` are the crops that were restored. Faces without neighbours keep their crop.
+    Returns `restored`."""
+    positions = faces.positions_by_frame()
+
+    def emit(index: int, _frame: object, combined: torch.Tensor | None, _faces: Sequence[FaceRecord]) -> None:
+        restored[positions[index]] = combined
+
+    steady = TemporalConsistency(emit, faces.shots)
+    for index in sorted(positions):  # frames without faces have no neighbours to give
+        chosen = positions[index]
+        # Indexing by a list copies: the window keeps each frame's crops as restored while the batch is rewritten.
+        steady.push(index, None, [faces.faces[p] for p in chosen], inputs[chosen], restored[chosen])
+    steady.finish()
+    return restored
 
 
 def combine(own_input: torch.Tensor, own: torch.Tensor,

@@ -19,7 +19,8 @@ from ..face_utils.pipeline import RestoreFn, detect_faces, paste_back, restore_c
 from ..face_utils.pixels import choose_pixels
 from ..face_utils.repair import RepairSettings, damage_frames, painted, paste_weight, with_damage_batch
 from ..face_utils.preview import draw_faces
-from ..gpen_arch.runner import MAX_BATCH_SIZE, crops_rgb, with_luminance
+from ..face_utils.temporal import steady_batch
+from ..gpen_arch.runner import MAX_BATCH_SIZE, crops_rgb, resize_crops, with_luminance
 from .inputs import CATEGORY, OUTPUT_SIZES, TITLES, FacesSocket, GpenModelSocket, detector_input, face_size_input
 from .inputs import image_and_mask_outputs, model_input, named_errors, paste_inputs, schema, selection_inputs
 from .inputs import canvas_input, consistency_input, damage_input, luminance_input, repair_inputs, strength_input
@@ -106,7 +107,7 @@ class GPENRestoreFaces(io.ComfyNode):
                     "Size of the restored crops: the model's (2048 px for GPEN-BFR-2048), or that of the input crops. "
                     "For long videos through the separate nodes, cut small crops (face_size, no model connected) "
                     "and keep them small here: 300 crops at 2048 px take 15 GB, at 512 px under 1 GB.")),
-                luminance_input(), *repair_inputs(),
+                luminance_input(), *repair_inputs(), consistency_input(),
             ],
             outputs=[io.Image.Output("restored_crops", tooltip=(
                 "The restored crops, same count and order as the input crops, at the chosen output_size."))],
@@ -116,7 +117,8 @@ class GPENRestoreFaces(io.ComfyNode):
     @named_errors
     def execute(cls, gpen_model: GpenModel, face_crops, strength, faces: FaceSet | None = None,
                 output_size: str = "model", luminance: str = "keep", damage_grow: float = RepairSettings.grow,
-                damage_feather: float = RepairSettings.feather) -> io.NodeOutput:
+                damage_feather: float = RepairSettings.feather,
+                temporal_consistency: bool = DEFAULT_TEMPORAL_CONSISTENCY) -> io.NodeOutput:
         check_image_batch(face_crops, name="face_crops")
         repair = gpen_model.runner.task == "repair"
         if repair and face_crops.shape[-1] != 4:
@@ -137,9 +139,20 @@ class GPENRestoreFaces(io.ComfyNode):
             free_bytes=mm.get_free_memory(mm.intermediate_device()), none_found=faces is not None and not len(faces),
             chunk=MAX_BATCH_SIZE, channels=4 if repair else 3,
         )
-        if gpen_model.runner.task == "colourise" and luminance == "keep" and output_size == "input":
-            # Colour on the crops' own luminance at their own size, not on the model-size copy's resampled.
-            out = with_luminance(out, crops_rgb(face_crops).to(out.device))
+        # Video through the separate nodes: each face steadied with its track's neighbours, as the one-node restore
+        # does (a repair is not: it fills what no neighbour shows either).
+        steadied = (temporal_consistency and not repair and faces is not None and count
+                    and len(faces.positions_by_frame()) > 1)
+        if steadied:
+            if len(faces) != face_crops.shape[0]:
+                raise ValueError(f"{face_crops.shape[0]} crop(s) but {len(faces)} face record(s): temporal "
+                                 "consistency needs the crops and faces of the same detection, one crop per face "
+                                 "(or turn it off)")
+            out = steady_batch(face_crops.to(out.device), out, faces)
+        if gpen_model.runner.task == "colourise" and luminance == "keep" and (output_size == "input" or steadied):
+            # Colour on the crops' own luminance at the output's size (for "input", not on the model-size copy's
+            # resampled; for steadied faces, exactly again after the neighbours' were averaged in).
+            out = with_luminance(out, resize_crops(crops_rgb(face_crops).to(out.device), out.shape[1]))
         skipped = face_crops.shape[0] - count
         logger.info("%s: restored %d crop(s) with %s%s", title(cls), count, gpen_model.runner.name,
                     f"; {skipped} black placeholder crop(s) passed through unrestored" if skipped else "")

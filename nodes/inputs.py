@@ -114,8 +114,8 @@ def consistency_input() -> io.Input:
         "For video frames: steady the detail GPEN invents (pores, hair, lashes), which otherwise differs from frame "
         "to frame and shimmers: each restored face is averaged with the same person's in the 3 frames before and "
         "after, pixel by pixel, where their inputs agree, so a blink or a moving mouth still follows the video. "
-        "Never across a cut; not for repaired faces; single images are unaffected. Off: each frame restored on its "
-        "own, as the separate nodes do."))
+        "Never across a cut; not for repaired faces; single images are unaffected. On 'Restore faces (GPEN)' it "
+        "needs `faces` connected (the tracks). Off: each frame restored on its own."))
 
 
 def canvas_input() -> io.Input:

@@ -650,7 +650,7 @@ ADDED_INPUTS = {"GPENModelLoader": {"task": "auto"},
                                             "luminance": "keep", "damage_grow": 0.02, "damage_feather": 0.03,
                                             "temporal_consistency": True},
                 "GPENRestoreFaces": {"output_size": "model", "luminance": "keep", "damage_grow": 0.02,
-                                     "damage_feather": 0.03}}
+                                     "damage_feather": 0.03, "temporal_consistency": True}}
 FIRST_RELEASE = ["restore_photo", "quick_restore", "after_face_swap", "after_generation", "video_frames"]
 
 
