@@ -24,6 +24,7 @@ from .stripes import (
     WholeRows,
     decode_in_bands,
     encode_in_bands,
+    layer_rows,
     stripe_rows,
 )
 
@@ -137,14 +138,6 @@ def layer_features(feature: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) ->
     """What a decoder level's up-conv and styled conv concatenate: one encoder feature for both, or a pair of
     noise tensors (the levels above the encoder's input size)."""
     return feature if isinstance(feature, tuple) else (feature, feature)
-
-
-def layer_rows(feature) -> tuple:
-    """`layer_features` as row sources for a banded level (the same source twice for an encoder feature)."""
-    if isinstance(feature, tuple):
-        return tuple(WholeRows(f) for f in feature)
-    source = WholeRows(feature) if isinstance(feature, torch.Tensor) else feature
-    return source, source
 
 
 class GPEN(nn.Module):

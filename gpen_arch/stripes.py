@@ -122,6 +122,15 @@ class StageRows:
 LayerRows = tuple[WholeRows | EncoderRows | StageRows, WholeRows | EncoderRows | StageRows]
 
 
+def layer_rows(feature: torch.Tensor | EncoderRows | StageRows | tuple[torch.Tensor, torch.Tensor]) -> LayerRows:
+    """A decoder level's `LayerRows` from what the whole-image decoder takes: an encoder feature (a tensor, or rows
+    computed on request) serves both convs as one source; a pair of noise tensors gives one source each."""
+    if isinstance(feature, tuple):
+        return WholeRows(feature[0]), WholeRows(feature[1])
+    source = WholeRows(feature) if isinstance(feature, torch.Tensor) else feature
+    return source, source
+
+
 def encode_in_bands(source: StageRows, rows: int) -> torch.Tensor:
     """The whole output of `source`, computed `rows` rows at a time (so that no input of it exists whole)."""
     out = None
