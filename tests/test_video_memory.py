@@ -24,14 +24,17 @@ from support import REPO_ROOT
 
 FRAME_HW = (720, 1280)
 FRAME_BYTES = FRAME_HW[0] * FRAME_HW[1] * 3 * 4  # one float32 RGB frame: 11 MB
-SHORT, LONG = 6, 24
+# SHORT is past the frames the pipeline holds in flight (temporal consistency's 3 frames of look-ahead, the paste's
+# colour window): from 6 to 12 frames its memory still rose by 28 MiB, from 12 on it stays flat.
+SHORT, LONG = 12, 36
 # The limit on growth from SHORT to LONG frames. Holding anything the loop makes per frame (its copy of the frame,
-# the pasted frame, a frame-sized mask or blend buffer) would add at least 18 x 3.7 MB (a float32 mask), typically
-# 18 x 11 MB = 199 MB; the leaking variant below shows that this measure sees it. GPEN-64's crops are only 48 KB,
+# the pasted frame, a frame-sized mask or blend buffer) would add at least 24 x 3.7 MB (a float32 mask), typically
+# 24 x 11 MB = 265 MB; the leaking variant below shows that this measure sees it. GPEN-64's crops are only 48 KB,
 # too small to resolve here; what keeps them from accumulating is the same per-frame scope (crops and restored
 # crops are locals of one iteration of `restore_frames`), and at GPEN-2048 sizes (50 MB a crop) they would be
-# frame-sized accumulation. Measured on the 2-core dev machine: 6 frames 148 MiB beyond the batches, 24 frames
-# 137 MiB (the short run's allocator slack is about a frame), 24 frames kept by the leaking variant 347 MiB.
+# frame-sized accumulation. Measured on the 2-core dev machine, temporal consistency on as by default: 12 frames
+# 134-176 MiB beyond the batches, 36 frames 136-150 MiB (allocator slack is a few frames' worth), 36 frames kept by
+# the leaking variant 483 MiB.
 GROWTH_LIMIT_BYTES = 4 * FRAME_BYTES
 NOISE_SIGMA = 2.0 / 255.0  # per pixel, channel and frame: the detector's landmarks jitter as on real video
 
@@ -67,7 +70,7 @@ def test_one_node_restore_memory_does_not_grow_with_frame_count(tmp_path: Path, 
     # The process's whole peak (ru_maxrss, weights and imports included) minus the batches tells the same.
     whole_growth = results["long"]["process_beyond_batches"] - results["short"]["process_beyond_batches"]
     assert whole_growth < GROWTH_LIMIT_BYTES, f"whole-process peak beyond the batches grew by {whole_growth} bytes"
-    # Keeping the LONG finished frames (265 MB; measured: 209 MB more than the short run, whose allocator slack
+    # Keeping the LONG finished frames (398 MB; measured: 307-349 MiB more than the short run, whose allocator slack
     # absorbs some) fails the same check by a wide margin.
     assert leaked > LONG * FRAME_BYTES / 2 > 2 * GROWTH_LIMIT_BYTES, (
         f"the measure missed {LONG} frames kept by the leaking variant ({summary})")
@@ -102,6 +105,7 @@ def measure(job: dict) -> dict:
 
     restore_faces.load_package()
     from comfyui_gpen_restore.face_utils import load_detector
+    from comfyui_gpen_restore.face_utils.choices import DEFAULT_TEMPORAL_CONSISTENCY
     from comfyui_gpen_restore.face_utils.paste import PasteSettings
     from comfyui_gpen_restore.face_utils.pipeline import DetectSettings, restore_frames, restore_image
     from comfyui_gpen_restore.gpen_arch.runner import GpenRunner
@@ -116,6 +120,7 @@ def measure(job: dict) -> dict:
         return runner.restore(crops, device=cpu, on_face=on_face)
 
     detect, paste = DetectSettings(crop_size=runner.size), PasteSettings()
+    steady = DEFAULT_TEMPORAL_CONSISTENCY  # as the one-node restore runs by default: a few frames held for it
     setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
     rss_before = current_rss()
     with open("/proc/self/clear_refs", "w") as clear_refs:  # peak RSS (VmHWM, ru_maxrss) := RSS now
@@ -131,9 +136,10 @@ def measure(job: dict) -> dict:
                 out_mask[index] = torch.from_numpy(mask)
             kept.append(frame)
 
-        faces = restore_frames(frames, detector, restore, detect, paste, store)
+        faces = restore_frames(frames, detector, restore, detect, paste, store, temporal_consistency=steady)
     else:
-        out_image, out_mask, faces = restore_image(frames, detector, restore, detect, paste)
+        out_image, out_mask, faces = restore_image(frames, detector, restore, detect, paste,
+                                                   temporal_consistency=steady)
     # VmHWM, not ru_maxrss: getrusage also reports the peak of threads that have exited since the set-up (a
     # library's worker thread ending), which clear_refs does not reset, and that would hide the call's own peak.
     peak = peak_rss()
