@@ -25,16 +25,16 @@ from support import REPO_ROOT
 FRAME_HW = (720, 1280)
 FRAME_BYTES = FRAME_HW[0] * FRAME_HW[1] * 3 * 4  # one float32 RGB frame: 11 MB
 # SHORT is past the frames the pipeline holds in flight (temporal consistency's 3 frames of look-ahead, the paste's
-# colour window): from 6 to 12 frames its memory still rose by 28 MiB, from 12 on it stays flat.
+# colour window): from 6 to 12 frames its memory still rose by about 28 MiB, from 12 on it stays flat.
 SHORT, LONG = 12, 36
 # The limit on growth from SHORT to LONG frames. Holding anything the loop makes per frame (its copy of the frame,
 # the pasted frame, a frame-sized mask or blend buffer) would add at least 24 x 3.7 MB (a float32 mask), typically
 # 24 x 11 MB = 265 MB; the leaking variant below shows that this measure sees it. GPEN-64's crops are only 48 KB,
 # too small to resolve here; what keeps them from accumulating is the same per-frame scope (crops and restored
 # crops are locals of one iteration of `restore_frames`), and at GPEN-2048 sizes (50 MB a crop) they would be
-# frame-sized accumulation. Measured on the 2-core dev machine, temporal consistency on as by default: 12 frames
-# 134-176 MiB beyond the batches, 36 frames 136-150 MiB (allocator slack is a few frames' worth), 36 frames kept by
-# the leaking variant 483 MiB.
+# frame-sized accumulation. Measured on the 2-core dev machine, temporal consistency on as by default, six runs:
+# 12 frames 81-91 MiB beyond the batches, 36 frames 82-89 MiB (growth -9 to +6 MiB), 36 frames kept by the leaking
+# variant 453-458 MiB.
 GROWTH_LIMIT_BYTES = 4 * FRAME_BYTES
 NOISE_SIGMA = 2.0 / 255.0  # per pixel, channel and frame: the detector's landmarks jitter as on real video
 
@@ -70,15 +70,19 @@ def test_one_node_restore_memory_does_not_grow_with_frame_count(tmp_path: Path, 
     # The process's whole peak (ru_maxrss, weights and imports included) minus the batches tells the same.
     whole_growth = results["long"]["process_beyond_batches"] - results["short"]["process_beyond_batches"]
     assert whole_growth < GROWTH_LIMIT_BYTES, f"whole-process peak beyond the batches grew by {whole_growth} bytes"
-    # Keeping the LONG finished frames (398 MB; measured: 307-349 MiB more than the short run, whose allocator slack
-    # absorbs some) fails the same check by a wide margin.
+    # Keeping the LONG finished frames (398 MB; measured: 362-372 MiB more than the short run) fails the same check
+    # by a wide margin.
     assert leaked > LONG * FRAME_BYTES / 2 > 2 * GROWTH_LIMIT_BYTES, (
         f"the measure missed {LONG} frames kept by the leaking variant ({summary})")
 
 
 def run_workers(jobs: dict[str, dict]) -> dict[str, dict]:
     """Each job in its own fresh process (run together: they measure bytes, not time); their JSON results."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # three processes on a small CI machine; results do not depend on it
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # three processes on a small CI machine; results do not depend on it
+           # Every allocation of 1 MiB or more straight from the kernel and back when freed (glibc otherwise moves its
+           # threshold as it goes and keeps freed frames in its heap), so the peak is what the pipeline holds, not
+           # where the allocator's slack happened to land (+-40 MiB between runs without it).
+           "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     procs = {name: subprocess.Popen([sys.executable, __file__, json.dumps(job)], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, env=env)
              for name, job in jobs.items()}
