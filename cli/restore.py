@@ -98,14 +98,9 @@ class Session:
             return {}
         return {"damage": lambda _frame_index: self.damage, "repair": self.repair_settings}
 
-    @property
-    def size(self) -> int:
-        """The side of the crops the run works on (the first model's)."""
-        return self.runners[0].size
-
     def restore(self, crops: torch.Tensor, on_face: Callable[[], None]) -> torch.Tensor:
-        """The models in turn on crops `[n, S, S, C]`, the result at the first model's size on the crops' device;
-        counts each face on the progress line."""
+        """The models in turn on crops `[n, S, S, C]`, the result at the first model's output size on the crops'
+        device; counts each face on the progress line."""
 
         def face_done() -> None:
             on_face()
@@ -145,7 +140,6 @@ class Faces:
 def restore_aligned(session: Session, jobs: Sequence[Job]) -> list[str]:
     """`--aligned`: each image is one face crop, restored whole and written at the model's size."""
     failures = []
-    size = session.size
     for job in jobs:
         try:
             image, depth = read_image(job.source)
@@ -154,7 +148,8 @@ def restore_aligned(session: Session, jobs: Sequence[Job]) -> list[str]:
         except (ImageFileError, CropShapeError) as exc:  # this image fails, the others go on
             failures.append(_failure(job, exc))
         else:
-            session.progress.report(f"{job.target}: face crop restored at {size}x{size} (the model's size)")
+            side = restored.shape[1]
+            session.progress.report(f"{job.target}: face crop restored at {side}x{side} (the model's size)")
         session.progress.image_done()
     return failures
 
@@ -165,13 +160,12 @@ def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: l
     for job in jobs:
         try:
             image, depth = read_image(job.source)
-            if session.upscaler is None:
-                out, _mask, restored = pipeline.restore_image(
-                    frames_to_image([image]), faces.detector, session.restore, session.detect_settings,
-                    session.paste_settings, parser=faces.parser, pixels=faces.pixels, **session.repair(),
-                )
-            else:
-                out, restored = _restore_onto_upscaled(session, faces, image)
+            # Upstream's selfie mode: the faces found and restored on the photo, pasted onto its upscaled copy.
+            canvas = None if session.upscaler is None else frames_to_image([session.upscaler.upscale(image)])
+            out, _mask, restored = pipeline.restore_image(
+                frames_to_image([image]), faces.detector, session.restore, session.detect_settings,
+                session.paste_settings, parser=faces.parser, pixels=faces.pixels, canvas=canvas, **session.repair(),
+            )
             write_image(job.target, out[0].numpy(), depth)
         except (ImageFileError, FaceInputError) as exc:
             failures.append(_failure(job, exc))
@@ -182,19 +176,6 @@ def restore_photos(session: Session, faces: Faces, jobs: Sequence[Job], found: l
                                     f"{job.target}: no face found, written unchanged")
         session.progress.image_done()
     return failures
-
-
-def _restore_onto_upscaled(session: Session, faces: Faces, image: np.ndarray) -> tuple[torch.Tensor, FaceSet]:
-    """Upstream's selfie mode: the faces found and restored on the photo, pasted onto its upscaled copy."""
-    frames = frames_to_image([image])
-    found = pipeline.detect_faces(frames, faces.detector, session.detect_settings)
-    canvas = frames_to_image([session.upscaler.upscale(image)])
-    if not len(found):
-        return canvas, found
-    restored = session.restore(pipeline.warp_crops(frames, found, pixels=faces.pixels), lambda: None)
-    out, _mask = pipeline.paste_back(canvas, restored, found, session.paste_settings, parser=faces.parser,
-                                     pixels=faces.pixels)
-    return out, found
 
 
 def restore_sequences(session: Session, faces: Faces, jobs: Sequence[VideoJob | SequenceJob],

@@ -105,6 +105,7 @@ def test_a_model_that_restores_to_a_larger_size(models_dir, home, fixtures_dir, 
         assert run_cli(["--input", crop, "--output", home / output, "--aligned", "--strength", strength, *args],
                        home) == 0
     assert read_png(home / "aligned.png").shape == (128, 128, 3)
+    assert f"{home / 'aligned.png'}: face crop restored at 128x128" in capsys.readouterr().out
     np.testing.assert_allclose(read_png(home / "unchanged.png"), np.broadcast_to(np.array([200, 120, 40]) / 255,
                                (128, 128, 3)), rtol=0, atol=EIGHT_BIT_ROUNDING + 1e-6)
 
