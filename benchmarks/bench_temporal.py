@@ -124,8 +124,8 @@ def main() -> None:
         neighbours = [(k, temporal._blurred(torch.rand(size, size, 3), side), torch.rand(size, size, 3))
                       for k in (-3, -2, -1, 1, 2, 3)]
 
-        def steady() -> None:  # what the stage adds per face: its input compared, its output copied and combined
-            temporal.combine(temporal._blurred(own_input, side), own.clone(), neighbours)
+        def steady() -> None:  # what the stage adds per face: its input compared, combined into a new crop
+            temporal.combine(temporal._blurred(own_input, side), own, neighbours, out=torch.empty_like(own))
 
         combining = seconds(steady)
         gpen = []

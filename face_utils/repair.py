@@ -9,7 +9,6 @@ pixel of the picture stays bit-identical.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ from ..gpen_arch.runner import crops_rgb
 from .choices import DEFAULT_DAMAGE_FEATHER, DEFAULT_DAMAGE_GROW
 from .face_set import FaceInputError
 from .images import to_rgb
+from .torch_pixels import gaussian_blur
 
 
 # Damage, and paste weight, below half an 8-bit level is none: the far tails of the filters that cut the damage out
@@ -99,12 +99,7 @@ def paste_weight(restored: torch.Tensor, damage: torch.Tensor, settings: RepairS
     if grow:
         alpha = F.max_pool2d(alpha, kernel_size=2 * grow + 1, stride=1, padding=grow)
     if settings.feather:
-        sigma = settings.feather * side / 6.0
-        radius = max(1, math.ceil(3 * sigma))
-        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=alpha.device) / sigma) ** 2)
-        taps = (taps / taps.sum()).to(alpha.dtype)
-        alpha = F.conv2d(F.pad(alpha, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-        alpha = F.conv2d(F.pad(alpha, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+        alpha = gaussian_blur(alpha, settings.feather * side / 6.0)
     # Below the floor nothing is pasted: the Gaussian's last taps, and the rounding noise convolution kernels
     # leave where the exact result is 0, would otherwise touch pixels far from the damage.
     alpha = torch.where(alpha >= DAMAGE_FLOOR, alpha.clamp(max=1.0), 0.0)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .face_set import FaceSet
 from .records import FaceRecord
+from .torch_pixels import gaussian_blur
 
 # Neighbours on each side, and the Gaussian (in frames) that weighs them by distance in time.
 RADIUS_FRAMES = 3
@@ -80,17 +81,18 @@ class TemporalConsistency:
     def _combined(self, current: _Frame) -> torch.Tensor | None:
         if current.restored is None or current.inputs is None:
             return current.restored
-        # The faces as restored stay as they are: they are the later frames' neighbours.
-        out, shot = current.restored.clone(), self._shot(current.index)
+        # Written to a new batch: the faces as restored are the later frames' neighbours.
+        out, shot = torch.empty_like(current.restored), self._shot(current.index)
         for position, face in enumerate(current.faces):
-            if face.track_id is None:
-                continue
-            neighbours = [(other.index - current.index, other.inputs[i], other.restored[i])
-                          for other in self.window if other is not current and other.inputs is not None
-                          and abs(other.index - current.index) <= self.radius and self._shot(other.index) == shot
-                          for i, f in enumerate(other.faces) if f.track_id == face.track_id]
+            neighbours = [] if face.track_id is None else [
+                (other.index - current.index, other.inputs[i], other.restored[i])
+                for other in self.window if other is not current and other.inputs is not None
+                and abs(other.index - current.index) <= self.radius and self._shot(other.index) == shot
+                for i, f in enumerate(other.faces) if f.track_id == face.track_id]
             if neighbours:
-                combine(current.inputs[position], out[position], neighbours)
+                combine(current.inputs[position], current.restored[position], neighbours, out=out[position])
+            else:
+                out[position] = current.restored[position]
         return out
 
     def _shot(self, index: int) -> int:
@@ -116,11 +118,11 @@ def steady_batch(inputs: torch.Tensor, restored: torch.Tensor, faces: FaceSet) -
     return restored
 
 
-def combine(own_input: torch.Tensor, own: torch.Tensor,
-            neighbours: Sequence[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """A restored crop [S', S', C] averaged, in place, with its neighbours' (offset in frames, compared input,
-    restored), each pixel weighted by the time Gaussian and by how alike the inputs are there (see the module).
-    Inputs come as `_blurred` makes them. Returns `own`."""
+def combine(own_input: torch.Tensor, own: torch.Tensor, neighbours: Sequence[tuple[int, torch.Tensor, torch.Tensor]],
+            *, out: torch.Tensor) -> torch.Tensor:
+    """A restored crop `own` [S', S', C] averaged with its neighbours' (offset in frames, compared input,
+    restored), each pixel weighted by the time Gaussian and by how alike the inputs are there (see the module),
+    written into `out` (returned). Inputs come as `_blurred` makes them."""
     differences = [((own_input - other_input) ** 2).sum(dim=-1) for _offset, other_input, _restored in neighbours]
     # The typical difference between inputs of the track: consecutive frames' noise (and slow motion).
     typical = torch.stack([d.median() for d in differences]).min().clamp(min=1e-8)
@@ -134,10 +136,10 @@ def combine(own_input: torch.Tensor, own: torch.Tensor,
     if weights.shape[-1] != size:
         weights = F.interpolate(weights[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     weights = weights[..., None].to(own.dtype)
-    own.mul_(weights[0])
+    torch.mul(own, weights[0], out=out)
     for weight, (_offset, _input, restored) in zip(weights[1:], neighbours):
-        own.addcmul_(weight, restored.to(own.dtype))
-    return own
+        out.addcmul_(weight, restored.to(own.dtype))
+    return out
 
 
 def _blurred(crop: torch.Tensor, size: int) -> torch.Tensor:
@@ -147,12 +149,4 @@ def _blurred(crop: torch.Tensor, size: int) -> torch.Tensor:
         chw = chw.expand(-1, 3, -1, -1)
     if chw.shape[-1] != size:
         chw = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    sigma = COMPARE_BLUR_PX * size / COMPARE_SIZE
-    radius = max(1, int(3 * sigma))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=chw.device) / sigma) ** 2)
-    taps = (taps / taps.sum()).to(chw.dtype)
-    chw = F.conv2d(F.pad(chw, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1).expand(3, 1, 1, -1),
-                   groups=3)
-    chw = F.conv2d(F.pad(chw, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1).expand(3, 1, -1, 1),
-                   groups=3)
-    return chw[0].movedim(0, -1)
+    return gaussian_blur(chw, COMPARE_BLUR_PX * size / COMPARE_SIZE)[0].movedim(0, -1)

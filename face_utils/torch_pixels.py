@@ -198,7 +198,7 @@ def _region_mask(
     rgb = _chw(crop)[:3] if crop.shape[2] != 1 else _chw(crop).expand(3, -1, -1)
     parsed = parser.face_probability(rgb[None]).to(crop.device)
     if settings.feather > 0.0:
-        parsed = _gaussian_blur(parsed[None, None], settings.feather * PARSE_SIZE / 3.0)[0, 0]
+        parsed = gaussian_blur(parsed[None, None], settings.feather * PARSE_SIZE / 3.0)[0, 0]
     grid = torch.stack([u * 2.0 - 1.0, v * 2.0 - 1.0], dim=-1)[None]
     sampled = F.grid_sample(parsed[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return sampled[0, 0].clamp(0.0, 1.0) * box
@@ -230,7 +230,7 @@ def _colour_stats(reference: torch.Tensor, restored: torch.Tensor, mask: torch.T
     sigma = max(COLOR_STATS_SIGMA * face_side_px * shrink_factor, 0.5)
 
     def mean_std(array: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        array = _gaussian_blur(array, sigma)
+        array = gaussian_blur(array, sigma)
         mean = (array * weight).sum(dim=(0, 2, 3)) / total
         variance = (((array - mean[None, :, None, None]) ** 2) * weight).sum(dim=(0, 2, 3)) / total
         return mean, variance.sqrt()
@@ -252,8 +252,8 @@ def _colour_apply(reference: torch.Tensor, restored: torch.Tensor, mask: torch.T
     small_reference, small_restored, weight, shrink_factor = _shrunk(reference, restored, mask, face_side_px)
     sigma = max(COLOR_CORRECTION_SIGMA * face_side_px * shrink_factor, 0.5)
     gain4, offset4 = gain[None, :, None, None], offset[None, :, None, None]
-    local_total = _gaussian_blur(weight, sigma)
-    difference = _gaussian_blur(small_reference * weight, sigma) - _gaussian_blur(
+    local_total = gaussian_blur(weight, sigma)
+    difference = gaussian_blur(small_reference * weight, sigma) - gaussian_blur(
         (small_restored * gain4 + offset4) * weight, sigma)
     local = torch.where(local_total > 1e-4, difference / local_total.clamp(min=1e-4), 0.0)
     local = F.interpolate(local, size=(height, width), mode="bilinear", align_corners=False)
@@ -316,9 +316,9 @@ def _separable(image: torch.Tensor, taps: torch.Tensor, *, stride: int = 1) -> t
     return out if image.ndim == 4 else out[0]
 
 
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """cv2.GaussianBlur(image, (0, 0), sigma, BORDER_REPLICATE) on [N, C, H, W] float32: OpenCV's taps and its
-    kernel size rule for float images (8 sigma + 1, made odd)."""
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """cv2.GaussianBlur(image, (0, 0), sigma, BORDER_REPLICATE) on [C, H, W] or [N, C, H, W] float32: OpenCV's taps
+    and its kernel size rule for float images (8 sigma + 1, made odd)."""
     size = round(sigma * 8 + 1) | 1
     taps = torch.from_numpy(cv2.getGaussianKernel(size, sigma, cv2.CV_32F).ravel()).to(image.device)
     return _separable(image, taps)
