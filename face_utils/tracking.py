@@ -57,7 +57,9 @@ MIN_SEGMENT_FRAMES = 6
 """Segments shorter than this are left as detected: too few frames to tell noise from motion."""
 MIN_SIGMA_FRAMES = 0.25
 """Below this sigma a neighbour's weight is under exp(-8): smoothing is skipped as a no-op."""
-
+LOO_MIN_SHARE = 1e-6
+"""Rows whose own weight in their fitted value leaves less than this to the others have no leave-one-out
+prediction (`choose_sigma`)."""
 
 
 class TrackingError(ValueError):
@@ -269,10 +271,13 @@ def choose_sigma(y: np.ndarray) -> np.ndarray:
     best: there the rows hold no noise a window could average away (or move faster than any window follows). The
     data set the amount: wide windows where the column is still or the detector noisy, narrow ones where it moves
     fast. Returns [D] floats."""
-    errors = []
-    for sigma in SIGMA_CHOICES_FRAMES:
-        fitted, own_weight = _local_quadratic(y, sigma)
-        errors.append((((y - fitted) / (1.0 - own_weight)[:, None]) ** 2).sum(axis=0))
+    fits = [_local_quadratic(y, sigma) for sigma in SIGMA_CHOICES_FRAMES]
+    # A row its own fit passes through (an edge row of a narrow window, which holds as many points as the quadratic
+    # has coefficients) has no leave-one-out prediction: its own weight is 1 up to rounding, and the residual over
+    # 1 - weight is 0/0 or noise. Such rows are left out of every window's score alike.
+    scored = np.all([1.0 - own_weight > LOO_MIN_SHARE for _fitted, own_weight in fits], axis=0)
+    errors = [(((y - fitted)[scored] / (1.0 - own_weight[scored, None])) ** 2).sum(axis=0)
+              for fitted, own_weight in fits]
     best = np.argmin(np.stack(errors), axis=0)  # the first (narrowest) of equals
     return np.where(best == 0, 0.0, np.asarray(SIGMA_CHOICES_FRAMES)[best])
 
